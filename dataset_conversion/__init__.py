@@ -1,0 +1,1 @@
+"""Converters from landmark tools' formats into the unified raw format, and synthetic phantoms."""

@@ -1,0 +1,1 @@
+"""POI-aware nnU-Net experiment planning: fingerprint extensions and the planner subclass."""

@@ -1,0 +1,80 @@
+"""``poi_convert``: write a dataset in the unified raw format from another tool's files, or validate one.
+
+Each converter is a module in :mod:`dataset_conversion` exposing ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> Path``; this file only wires them up.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import PoiNnunetError
+from ..raw_dataset import dataset_folder_name
+from ..validation import validate_raw_dataset
+from .common import reports_user_errors
+
+# subcommand -> module in dataset_conversion
+CONVERTERS = {
+}
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where a converter writes: ``<raw root>/DatasetNNN_<name>``."""
+    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999), e.g. 501")
+    parser.add_argument("-n", "--name", required=True, help="dataset name, e.g. Spine (gives Dataset501_Spine)")
+    parser.add_argument("-o", "--output-root", default=None,
+                        help="raw data root to write into (default: $nnUNet_raw)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset of that name (only once the new one is complete)")
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    root = args.output_root or os.environ.get("nnUNet_raw")
+    if not root:
+        raise PoiNnunetError("no output folder: pass -o/--output-root or set nnUNet_raw")
+    return Path(root) / dataset_folder_name(args.dataset_id, args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poi_convert",
+        description="Convert landmark data into the unified raw format (nnU-Net raw format plus poisTr/), "
+        "or validate a dataset. Every converter validates what it wrote before the dataset appears.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    val = sub.add_parser("validate", help="check a dataset against the unified raw format and nnU-Net's rules",
+                         description="Check every rule of the unified raw format and nnU-Net's own; report all "
+                         "problems at once, each naming the file and point. Exit code 1 if any.")
+    val.add_argument("dataset", help="dataset id (501), name (Dataset501_Spine) or folder path")
+    for name, module_name in CONVERTERS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(converter=module)
+    return parser
+
+
+@reports_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        problems = validate_raw_dataset(args.dataset)
+        if problems:
+            print(f"{args.dataset}: {len(problems)} problem(s)", file=sys.stderr)
+            for p in problems:
+                print(f"  - {p}", file=sys.stderr)
+            return 1
+        print(f"{args.dataset}: valid")
+        return 0
+    path = args.converter.run(args)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

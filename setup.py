@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="poi-nnunet",
+    version="0.1.0",
+    description="Self-configuring landmark (point of interest) detection with segmentation, built on nnU-Net v2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["poi_nnunet*", "planners*", "trainers*", "dataset_conversion*"]),
+    install_requires=[
+        "torch",  # pinned only through constraints.txt
+        "nnunetv2>=2.5",
+        "batchgenerators",
+        "SimpleITK",
+        "numpy",
+        "scipy",
+        "scikit-image",
+        "acvl-utils",
+        "tqdm",
+        "matplotlib",
+        "TPTBox",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "poi_convert=poi_nnunet.cli.convert:main",
+        ],
+    },
+)

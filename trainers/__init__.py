@@ -1,0 +1,1 @@
+"""nnUNetTrainer subclasses that add POI heads and losses."""
