@@ -148,12 +148,12 @@ def parse_poi_json(data: Any, source: str) -> Tuple[PoiSet, List[Problem]]:
             ok = False
         if not ok:
             continue
+        dims[len(position)] = dims.get(len(position), 0) + 1
         key = (structure, poi)
         if key in seen:
             problems.append(Problem(source, f"duplicate (structure, poi) pair, first seen as point #{seen[key]}", where))
             continue
         seen[key] = i
-        dims[len(position)] = dims.get(len(position), 0) + 1
         points.append(Poi(structure, poi, tuple(float(c) for c in position), None if conf is None else float(conf)))
     if len(dims) > 1:
         problems.append(Problem(source, f"points mix 2 and 3 coordinates ({dims})"))

@@ -1,0 +1,50 @@
+"""Tiny datasets built through the real writer, for tests that need a valid starting point."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+from poi_nnunet.geometry import ImageGeometry
+from poi_nnunet.pois import Poi, PoiSet
+from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+
+
+def tiny_case(case_id: str, seed: int, dim: int = 3, channels: int = 1, with_label: bool = True) -> CaseData:
+    """A small image with a box-shaped structure (label 1) and two POIs on it."""
+    rng = np.random.default_rng(seed)
+    shape = (10, 12, 14)[:dim] if dim == 3 else (16, 18)
+    spacing = (0.8, 1.0, 2.0)[:dim]
+    images = []
+    for _ in range(channels):
+        img = sitk.GetImageFromArray(rng.normal(size=shape).astype(np.float32))
+        img.SetSpacing(spacing)
+        img.SetOrigin((10.0, -5.0, 3.0)[:dim])
+        images.append(img)
+    geo = ImageGeometry.from_image(images[0])
+    label = None
+    if with_label:
+        arr = np.zeros(shape, dtype=np.uint8)
+        arr[tuple(slice(2, s - 2) for s in shape)] = 1
+        label = sitk.GetImageFromArray(arr)
+        label.CopyInformation(images[0])
+    structure = 1 if with_label else 0
+    centre = np.array(shape[::-1], dtype=float) / 2  # ITK index order
+    points = [
+        Poi(structure, 1, tuple(geo.index_to_world(centre + 0.3))),
+        Poi(structure, 2, tuple(geo.index_to_world(centre - 1.7))),
+    ]
+    return CaseData(case_id, images, label, PoiSet(points))
+
+
+def write_tiny_dataset(root: Path, name: str = "Dataset990_Tiny", cases: int = 2, dim: int = 3,
+                       channels: int = 1, with_label: bool = True, validate: bool = True) -> Path:
+    target = root / name
+    labels = {"background": 0, "box": 1} if with_label else {"background": 0}
+    channel_names = {str(c): ("CT" if c == 0 else "noNorm") for c in range(channels)}
+    with DatasetWriter(target, channel_names, labels, pois={1: "tip", 2: "corner"}, validate=validate) as writer:
+        for i in range(cases):
+            writer.add_case(tiny_case(f"case_{i:03d}", seed=i, dim=dim, channels=channels, with_label=with_label))
+    return target
