@@ -25,6 +25,8 @@ setup(
     entry_points={
         "console_scripts": [
             "poi_convert=poi_nnunet.cli.convert:main",
+            "poi_demo=poi_nnunet.cli.demo:main",
+            "poi_evaluate=poi_nnunet.cli.evaluate:main",
         ],
     },
 )
