@@ -1,0 +1,51 @@
+"""The keypoint entries of an augmentation ``data_dict`` and how transforms read and write them.
+
+nnU-Net's transforms pass a per-sample ``data_dict`` (``image``, ``segmentation``)
+along the pipeline. Points ride in the same dict:
+
+* ``keypoints``: ``Tensor[N, D]``, continuous voxel positions in the array
+  order (``[z,] y, x``) of the tensor currently in ``image``; voxel centres on
+  integers. Row ``i`` is *slot* ``i``: a slot always means the same POI, so
+  heatmap channel ``i`` can be rendered from row ``i`` without a lookup.
+* ``keypoints_valid``: ``bool[N]``, False for a POI that is not annotated in
+  this case or has left the patch. Its row is still moved (for bookkeeping)
+  but must not be used as a target.
+
+Transforms compute in float64 numpy and hand back the caller's float dtype.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+KEYPOINTS = "keypoints"
+KEYPOINTS_VALID = "keypoints_valid"
+
+
+def read_points(data_dict: dict) -> Tuple[np.ndarray, np.ndarray, torch.dtype]:
+    """Pop the keypoints out of ``data_dict``: ``(points float64 (N, D), valid bool (N,), dtype)``.
+
+    Popping keeps nnU-Net's own ``apply`` from calling its ``_apply_to_keypoints``,
+    which raises. Missing ``keypoints_valid`` means every finite point is valid.
+    """
+    points = torch.as_tensor(data_dict.pop(KEYPOINTS))
+    if points.ndim != 2:
+        raise ValueError(f"{KEYPOINTS} must have shape (N, D), got {tuple(points.shape)}")
+    dtype = points.dtype if points.is_floating_point() else torch.float64
+    coords = points.detach().cpu().numpy().astype(np.float64)
+    valid = data_dict.get(KEYPOINTS_VALID)
+    if valid is None:
+        valid_np = np.ones(len(coords), dtype=bool)
+    else:
+        valid_np = torch.as_tensor(valid).detach().cpu().numpy().astype(bool).reshape(len(coords))
+    valid_np &= np.all(np.isfinite(coords), axis=1)
+    return coords, valid_np, dtype
+
+
+def write_points(data_dict: dict, coords: np.ndarray, valid: np.ndarray, dtype: torch.dtype) -> dict:
+    """Put moved keypoints (and their validity) back into ``data_dict``."""
+    data_dict[KEYPOINTS] = torch.as_tensor(np.ascontiguousarray(coords), dtype=dtype)
+    data_dict[KEYPOINTS_VALID] = torch.as_tensor(np.ascontiguousarray(valid), dtype=torch.bool)
+    return data_dict

@@ -1,0 +1,89 @@
+"""nnU-Net's mirroring, extended to points, with left/right POI pairs swapped when the left-right axis flips.
+
+nnU-Net mirrors along any allowed spatial axis. Flipping moves every point with
+its voxel, but only a flip of the patient's left-right axis turns a left
+landmark into something that looks like the right one. So the transform is told
+which array axes are left-right (``swap_axes``, after nnU-Net's transpose) and
+a slot permutation (:func:`mirror_slot_permutation`); when an odd number of
+``swap_axes`` is flipped, slot ``i`` takes the point that was in slot
+``permutation[i]``. Slots never change meaning, so targets stay channel-aligned.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Optional, Sequence, Tuple
+
+import numpy as np
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+
+from ..geometry import flip_points
+from .keys import KEYPOINTS, read_points, write_points
+
+
+class PointMirrorTransform(MirrorTransform):
+    """``MirrorTransform`` that also flips ``data_dict['keypoints']`` and swaps mirror-pair slots.
+
+    ``swap_axes``: spatial array axes (0-based, like ``allowed_axes``) that are the
+    patient's left-right axis. ``slot_permutation``: an involution over slots,
+    ``None`` or identity when no POI has a mirror partner.
+    """
+
+    def __init__(
+        self,
+        allowed_axes: Tuple[int, ...],
+        swap_axes: Sequence[int] = (),
+        slot_permutation: Optional[Sequence[int]] = None,
+    ):
+        super().__init__(allowed_axes)
+        self.swap_axes = tuple(int(a) for a in swap_axes)
+        self.slot_permutation = None if slot_permutation is None else np.asarray(slot_permutation, dtype=np.int64)
+        if self.slot_permutation is not None:
+            perm = self.slot_permutation
+            if sorted(perm.tolist()) != list(range(len(perm))) or not np.array_equal(perm[perm], np.arange(len(perm))):
+                raise ValueError(f"slot_permutation must swap slots in pairs, got {perm.tolist()}")
+
+    def swaps_pairs(self, axes: Sequence[int]) -> bool:
+        """Whether mirroring along ``axes`` exchanges left and right."""
+        return sum(a in self.swap_axes for a in axes) % 2 == 1
+
+    def apply(self, data_dict: dict, **params) -> dict:
+        if data_dict.get(KEYPOINTS) is None:
+            return super().apply(data_dict, **params)
+        size = tuple(data_dict["image"].shape[1:])
+        coords, valid, dtype = read_points(data_dict)
+        data_dict = super().apply(data_dict, **params)
+        axes = list(params["axes"])
+        coords = flip_points(coords, axes, size)
+        if self.slot_permutation is not None and self.swaps_pairs(axes):
+            if len(self.slot_permutation) != len(coords):
+                raise ValueError(
+                    f"slot_permutation covers {len(self.slot_permutation)} slots but the sample has {len(coords)}"
+                )
+            coords, valid = coords[self.slot_permutation], valid[self.slot_permutation]
+        return write_points(data_dict, coords, valid, dtype)
+
+
+def mirror_slot_permutation(
+    slot_keys: Sequence[Tuple[Hashable, int]], poi_mirror_pairs: Sequence[Tuple[int, int]]
+) -> np.ndarray:
+    """Slot permutation for :class:`PointMirrorTransform` from the dataset's ``poi_mirror_pairs``.
+
+    ``slot_keys[i]`` is ``(structure, poi)`` of slot ``i``. A pair ``(a, b)`` swaps
+    ``(s, a)`` with ``(s, b)`` within every structure ``s``. A slot whose partner
+    has no slot cannot be mirrored faithfully, so that is an error rather than a
+    silently mislabelled landmark.
+    """
+    partner = {}
+    for a, b in poi_mirror_pairs:
+        for x, y in ((int(a), int(b)), (int(b), int(a))):
+            if partner.get(x, y) != y or x == y:
+                raise ValueError(f"POI {x} appears in more than one mirror pair (or is paired with itself)")
+            partner[x] = y
+    index = {tuple(key): i for i, key in enumerate(slot_keys)}
+    perm = np.arange(len(slot_keys))
+    for i, (structure, poi) in enumerate(slot_keys):
+        if int(poi) in partner:
+            other = (structure, partner[int(poi)])
+            if other not in index:
+                raise ValueError(f"slot {(structure, poi)} has mirror partner {other}, which has no slot")
+            perm[i] = index[other]
+    return perm
