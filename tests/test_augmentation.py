@@ -198,3 +198,27 @@ def test_slot_permutation_refuses_a_partner_without_a_slot() -> None:
         mirror_slot_permutation(SLOTS, [(10, 11), (11, 12)])
     with pytest.raises(ValueError, match="pairs"):
         PointMirrorTransform((0,), swap_axes=(0,), slot_permutation=[1, 2, 0])
+
+
+def test_left_and_right_structures_exchange_labels_and_points() -> None:
+    """An X-ray's left lung (label 1, POIs 10/11) and right lung (label 2, POIs 20/21) swap on a left-right flip."""
+    slots = [(1, 10), (1, 11), (2, 20), (2, 21), (3, 30)]
+    perm = mirror_slot_permutation(slots, [(10, 20), (11, 21)], structure_mirror_pairs=[(1, 2)])
+    assert perm.tolist() == [2, 3, 0, 1, 4]
+    seg = torch.zeros((1, 8, 8), dtype=torch.int16)
+    seg[0, :, :3] = 1
+    seg[0, :, 5:] = 2
+    seg[0, 0, 0] = -1  # nnU-Net's padding value must survive
+    points = torch.tensor([[1.0, 1.0], [2.0, 1.0], [1.0, 6.0], [2.0, 6.0], [4.0, 4.0]])
+    tr = PointMirrorTransform((0, 1), swap_axes=(1,), slot_permutation=perm, label_swaps=[(1, 2)])
+    out = tr.apply({"image": torch.zeros((1, 8, 8)), "segmentation": seg, "keypoints": points}, axes=[1])
+    flipped = out["segmentation"][0]
+    # after flipping columns the left side holds what was right (label 2), which is now called left (label 1)
+    assert flipped[:, :3].unique().tolist() == [1] and flipped[1:, 5:].unique().tolist() == [2]
+    assert flipped[0, 7].item() == -1
+    # slot (1, 10) now holds the flipped position of the old right-lung point (2, 20)
+    np.testing.assert_allclose(out["keypoints"].numpy()[0], [1.0, 1.0])
+    np.testing.assert_allclose(out["keypoints"].numpy()[4], [4.0, 3.0])
+    # a flip of another axis changes no names
+    out = tr.apply({"image": torch.zeros((1, 8, 8)), "segmentation": seg, "keypoints": points}, axes=[0])
+    assert out["segmentation"][0, 7, 1].item() == 1 and out["segmentation"][0, 7, 6].item() == 2

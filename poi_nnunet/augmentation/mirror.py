@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Hashable, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
 from ..geometry import flip_points
@@ -32,8 +33,10 @@ class PointMirrorTransform(MirrorTransform):
         allowed_axes: Tuple[int, ...],
         swap_axes: Sequence[int] = (),
         slot_permutation: Optional[Sequence[int]] = None,
+        label_swaps: Sequence[Tuple[int, int]] = (),
     ):
         super().__init__(allowed_axes)
+        self.label_swaps = tuple((int(a), int(b)) for a, b in label_swaps)
         self.swap_axes = tuple(int(a) for a in swap_axes)
         self.slot_permutation = None if slot_permutation is None else np.asarray(slot_permutation, dtype=np.int64)
         if self.slot_permutation is not None:
@@ -59,31 +62,55 @@ class PointMirrorTransform(MirrorTransform):
                     f"slot_permutation covers {len(self.slot_permutation)} slots but the sample has {len(coords)}"
                 )
             coords, valid = coords[self.slot_permutation], valid[self.slot_permutation]
+        if self.label_swaps and self.swaps_pairs(axes) and data_dict.get("segmentation") is not None:
+            data_dict["segmentation"] = swap_labels(data_dict["segmentation"], self.label_swaps)
         return write_points(data_dict, coords, valid, dtype)
 
 
-def mirror_slot_permutation(
-    slot_keys: Sequence[Tuple[Hashable, int]], poi_mirror_pairs: Sequence[Tuple[int, int]]
-) -> np.ndarray:
-    """Slot permutation for :class:`PointMirrorTransform` from the dataset's ``poi_mirror_pairs``.
+def swap_labels(segmentation: torch.Tensor, label_swaps: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Exchange label values pairwise (left lung <-> right lung) in a label tensor; other values stay."""
+    out = segmentation.clone()
+    for a, b in label_swaps:
+        out[segmentation == a] = b
+        out[segmentation == b] = a
+    return out
 
-    ``slot_keys[i]`` is ``(structure, poi)`` of slot ``i``. A pair ``(a, b)`` swaps
-    ``(s, a)`` with ``(s, b)`` within every structure ``s``. A slot whose partner
-    has no slot cannot be mirrored faithfully, so that is an error rather than a
-    silently mislabelled landmark.
-    """
+
+def _partners(pairs: Sequence[Tuple[int, int]], what: str) -> dict:
     partner = {}
-    for a, b in poi_mirror_pairs:
+    for a, b in pairs:
         for x, y in ((int(a), int(b)), (int(b), int(a))):
             if partner.get(x, y) != y or x == y:
-                raise ValueError(f"POI {x} appears in more than one mirror pair (or is paired with itself)")
+                raise ValueError(f"{what} {x} appears in more than one mirror pair (or is paired with itself)")
             partner[x] = y
+    return partner
+
+
+def mirror_slot_permutation(
+    slot_keys: Sequence[Tuple[Hashable, int]],
+    poi_mirror_pairs: Sequence[Tuple[int, int]],
+    structure_mirror_pairs: Sequence[Tuple[int, int]] = (),
+) -> np.ndarray:
+    """Slot permutation for :class:`PointMirrorTransform` from the dataset's mirror pairs.
+
+    ``slot_keys[i]`` is ``(structure, poi)`` of slot ``i``. Its mirror image is
+    ``(structure partner, poi partner)``, each defaulting to itself: a pair of POIs
+    on one vertebra swaps within the vertebra, while a left-lung contour point
+    becomes the matching right-lung point. A slot whose partner has no slot
+    cannot be mirrored faithfully, so that is an error rather than a silently
+    mislabelled landmark.
+    """
+    poi_partner = _partners(poi_mirror_pairs, "POI")
+    structure_partner = _partners(structure_mirror_pairs, "structure")
     index = {tuple(key): i for i, key in enumerate(slot_keys)}
     perm = np.arange(len(slot_keys))
     for i, (structure, poi) in enumerate(slot_keys):
-        if int(poi) in partner:
-            other = (structure, partner[int(poi)])
-            if other not in index:
-                raise ValueError(f"slot {(structure, poi)} has mirror partner {other}, which has no slot")
-            perm[i] = index[other]
+        other = (structure_partner.get(structure, structure), poi_partner.get(int(poi), int(poi)))
+        if other == (structure, poi):
+            continue
+        if other not in index:
+            raise ValueError(f"slot {(structure, poi)} has mirror partner {other}, which has no slot")
+        perm[i] = index[other]
+    if not np.array_equal(perm[perm], np.arange(len(perm))):
+        raise ValueError("mirror pairs do not form a consistent left/right exchange of slots")
     return perm

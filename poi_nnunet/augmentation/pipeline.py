@@ -46,6 +46,7 @@ def get_point_aware_training_transforms(
     *,
     swap_axes: Sequence[int] = (),
     slot_permutation: Optional[Sequence[int]] = None,
+    label_swaps: Sequence[Tuple[int, int]] = (),
     p_elastic_deform: float = 0.0,
     elastic_deform_scale: RandomScalar = (0, 0.2),
     elastic_deform_magnitude: RandomScalar = (0, 0.2),
@@ -53,7 +54,8 @@ def get_point_aware_training_transforms(
     """``nnUNetTrainer.get_training_transforms`` (same positional arguments), moving keypoints too.
 
     Extra keyword arguments: ``swap_axes`` / ``slot_permutation`` as in
-    :class:`PointMirrorTransform`; ``p_elastic_deform`` and the elastic ranges as in
+    :class:`PointMirrorTransform` (``label_swaps``: the dataset's ``structure_mirror_pairs``,
+    exchanged in the segmentation on a left-right flip); ``p_elastic_deform`` and the elastic ranges as in
     ``SpatialTransform`` (scale: fraction of the patch edge, magnitude: voxels).
     nnU-Net itself never deforms elastically; the coarse-to-fine trainer does.
     """
@@ -69,6 +71,7 @@ def get_point_aware_training_transforms(
         pipeline,
         swap_axes=swap_axes,
         slot_permutation=slot_permutation,
+        label_swaps=label_swaps,
         p_elastic_deform=p_elastic_deform,
         elastic_deform_scale=elastic_deform_scale,
         elastic_deform_magnitude=elastic_deform_magnitude,
@@ -80,6 +83,7 @@ def make_point_aware(
     *,
     swap_axes: Sequence[int] = (),
     slot_permutation: Optional[Sequence[int]] = None,
+    label_swaps: Sequence[Tuple[int, int]] = (),
     **spatial_overrides,
 ) -> ComposeTransforms:
     """Return ``pipeline`` with its voxel-moving transforms replaced by point-aware equivalents.
@@ -94,7 +98,8 @@ def make_point_aware(
         if type(t) is SpatialTransform:
             t = _rebuild(PointSpatialTransform, t, **spatial_overrides)
         elif type(t) is MirrorTransform:
-            t = PointMirrorTransform(t.allowed_axes, swap_axes=swap_axes, slot_permutation=slot_permutation)
+            t = PointMirrorTransform(t.allowed_axes, swap_axes=swap_axes, slot_permutation=slot_permutation,
+                                     label_swaps=label_swaps)
         elif type(t) is Convert3DTo2DTransform:
             t = PointConvert3DTo2DTransform()
         elif type(t) is Convert2DTo3DTransform:
