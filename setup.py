@@ -20,6 +20,7 @@ setup(
         "tqdm",
         "matplotlib",
         "TPTBox",
+        "pillow",
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
