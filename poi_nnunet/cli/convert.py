@@ -19,6 +19,13 @@ from .common import reports_user_errors
 
 # subcommand -> module in dataset_conversion
 CONVERTERS = {
+    "slicer": "dataset_conversion.slicer_markups",
+    "labelme": "dataset_conversion.labelme",
+    "csv": "dataset_conversion.csv_table",
+    "tptbox": "dataset_conversion.tptbox_poi",
+    "verse": "dataset_conversion.verse_centroids",
+    "synthetic-spine": "dataset_conversion.synthetic_spine",
+    "synthetic-xray": "dataset_conversion.synthetic_xray",
 }
 
 
