@@ -1,0 +1,103 @@
+"""``poi_demo``: the whole pipeline on the embedded synthetic data, in a workspace folder.
+
+Today it generates the synthetic 3D spine and 2D X-ray datasets in the unified
+raw format, validates them and prints what it made. nnU-Net's folders
+(``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results``) are placed inside
+the workspace unless they are already set, so the demo never touches a user's
+real data.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from ..pois import read_poi_file
+from ..raw_dataset import RawDataset, dataset_folder_name
+from ..validation import check_raw_dataset
+from .common import reports_user_errors
+
+SPINE_ID, SPINE_NAME = 501, "SyntheticSpine"
+XRAY_ID, XRAY_NAME = 502, "SyntheticXray"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poi_demo",
+        description="Generate the synthetic 3D spine (Dataset501) and 2D X-ray (Dataset502) phantoms in the unified "
+        "raw format, validate them and summarise them. Uses nnU-Net's folders from the environment if set, "
+        "otherwise creates them under the workspace.",
+    )
+    parser.add_argument("-w", "--workspace", default="poi_demo_workspace",
+                        help="folder for the demo's data (default: ./poi_demo_workspace)")
+    parser.add_argument("--cases-3d", type=int, default=20, help="training cases of the 3D spine (default 20)")
+    parser.add_argument("--cases-2d", type=int, default=100, help="training cases of the 2D X-ray (default 100)")
+    parser.add_argument("--test-cases", type=int, default=5, help="held-out cases per dataset (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the phantoms (default 0)")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate datasets that already exist")
+    return parser
+
+
+def nnunet_environment(workspace: Path) -> Dict[str, Path]:
+    """Use the user's nnU-Net folders when set, else folders inside the workspace (set for this process)."""
+    folders = {}
+    for var, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
+                     ("nnUNet_results", "nnUNet_results")):
+        if not os.environ.get(var):
+            os.environ[var] = str((workspace / sub).resolve())
+        folders[var] = Path(os.environ[var])
+        folders[var].mkdir(parents=True, exist_ok=True)
+    return folders
+
+
+def describe(ds: RawDataset) -> str:
+    cases_tr, cases_ts = ds.case_ids("Tr"), ds.case_ids("Ts")
+    n_points = sum(len(read_poi_file(ds.poi_file(c))) for c in cases_tr)
+    labels = len(ds.labels) - 1
+    return (f"{ds.path.name}: {len(cases_tr)} training + {len(cases_ts)} test cases, "
+            f"{ds.num_channels} channel(s) {list(ds.channel_names.values())}, {labels} label(s), "
+            f"{len(ds.poi_names)} POI id(s), {n_points / max(len(cases_tr), 1):.1f} points per training case")
+
+
+def generate(raw: Path, args: argparse.Namespace) -> Dict[str, Path]:
+    from dataset_conversion.synthetic_spine import write_spine_dataset
+    from dataset_conversion.synthetic_xray import write_xray_dataset
+
+    made = {}
+    jobs = (
+        ("3D spine", SPINE_ID, SPINE_NAME, write_spine_dataset, args.cases_3d),
+        ("2D X-ray", XRAY_ID, XRAY_NAME, write_xray_dataset, args.cases_2d),
+    )
+    for label, ds_id, name, writer, cases in jobs:
+        target = raw / dataset_folder_name(ds_id, name)
+        if target.exists() and not args.overwrite:
+            print(f"[{label}] {target} exists, reusing it (--overwrite regenerates)")
+        else:
+            start = time.perf_counter()
+            writer(target, num_cases=cases, seed=args.seed, num_test=args.test_cases, overwrite=args.overwrite)
+            print(f"[{label}] generated {target} in {time.perf_counter() - start:.1f} s")
+        made[label] = target
+    return made
+
+
+@reports_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    workspace = Path(args.workspace)
+    folders = nnunet_environment(workspace)
+    made = generate(folders["nnUNet_raw"], args)
+    print("\nvalidating ...")
+    for label, path in made.items():
+        ds = check_raw_dataset(path)
+        print(f"  [{label}] valid. {describe(ds)}")
+    print("\nnnU-Net folders used:")
+    for var, path in folders.items():
+        print(f"  {var}={path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
