@@ -28,6 +28,7 @@ setup(
             "poi_convert=poi_nnunet.cli.convert:main",
             "poi_demo=poi_nnunet.cli.demo:main",
             "poi_evaluate=poi_nnunet.cli.evaluate:main",
+            "poi_train=poi_nnunet.cli.train:main",
         ],
     },
 )

@@ -467,3 +467,13 @@ class PreprocessedSpace:
         upper = np.asarray(self.shape_after_resampling, float) - 0.5
         inside = np.all((pts >= -0.5 - tolerance) & (pts <= upper + tolerance), axis=1)
         return inside[0] if single else inside
+
+    def left_right_axis(self) -> int:
+        """Preprocessed array axis that runs closest to the patient's left-right (LPS x) direction.
+
+        Mirroring along this axis turns a left structure into a right one, so POI and label pairs
+        must swap; a flip of any other axis keeps names.
+        """
+        index_axis = int(np.argmax(np.abs(self.raw.direction[0, :])))  # ITK index axis along world x
+        nnunet_axis = 2 - index_axis  # nnU-Net's 3-axis array is ([z,] y, x), a 2D image (1, y, x)
+        return list(self.transpose_forward).index(nnunet_axis)

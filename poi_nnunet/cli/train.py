@@ -1,0 +1,74 @@
+"""``poi_train DATASET CONFIG TRAINER``: train a POI trainer on a planned and preprocessed dataset.
+
+Results go where nnU-Net puts them:
+``$nnUNet_results/DatasetNNN_Name/<TrainerClass>__<plans>__<config>/fold_F``.
+At the end the fold's validation cases are predicted and evaluated, and the
+evaluation summary is written into the fold folder.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import PoiNnunetError
+from .common import reports_user_errors
+
+DEFAULT_PLANS = "poiPlans"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from trainers.registry import TRAINERS
+
+    names = ", ".join(TRAINERS)
+    parser = argparse.ArgumentParser(
+        prog="poi_train",
+        description="Train a POI model on a dataset planned by poi_plan_and_preprocess. The trainer class is "
+        f"built directly from its short name ({names}).",
+    )
+    parser.add_argument("dataset", help="dataset id (501) or name (Dataset501_Spine)")
+    parser.add_argument("configuration", help="nnU-Net configuration: 2d, 3d_fullres, 3d_lowres")
+    parser.add_argument("trainer", help=f"trainer: {names}")
+    parser.add_argument("-f", "--fold", default="0", help="fold 0-4 of nnU-Net's 5-fold split, or 'all' (default 0)")
+    parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help=f"plans identifier (default {DEFAULT_PLANS})")
+    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device to train on (default cuda; cpu works, slowly)")
+    parser.add_argument("--c", dest="continue_training", action="store_true",
+                        help="continue from the fold's latest checkpoint")
+    parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    parser.add_argument("--iterations_per_epoch", type=int, default=None,
+                        help="override training iterations per epoch (validation iterations scale along)")
+    parser.add_argument("--val", dest="validation_only", action="store_true",
+                        help="skip training; predict and evaluate the validation cases with checkpoint_final")
+    parser.add_argument("--no_validation", action="store_true", help="skip the final validation")
+    return parser
+
+
+@reports_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..training import build_trainer, run_fold
+
+    fold = args.fold if args.fold == "all" else _int_fold(args.fold)
+    trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans, args.device,
+                            continue_training=args.continue_training, epochs=args.epochs,
+                            iterations_per_epoch=args.iterations_per_epoch)
+    summary = run_fold(trainer, continue_training=args.continue_training, validation_only=args.validation_only,
+                       validate=not args.no_validation)
+    print(f"results: {trainer.output_folder}")
+    if summary is not None:
+        print(f"validation summary: {Path(trainer.output_folder) / 'validation' / 'evaluation' / 'summary.json'}")
+    return 0
+
+
+def _int_fold(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise PoiNnunetError(f"fold must be an integer or 'all', got {text!r}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

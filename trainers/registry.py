@@ -1,0 +1,26 @@
+"""Short trainer names -> classes, resolved directly (never through nnU-Net's folder search,
+which imports every trainer nnU-Net ships, timm included, and crashes on a CPU-only torch)."""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from poi_nnunet.errors import PoiNnunetError
+
+from .heatmap import PoiHeatmapTrainer
+
+TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
+    "heatmap": PoiHeatmapTrainer,
+}
+
+
+def trainer_class(name: str) -> Type[nnUNetTrainer]:
+    """A trainer by short name (``heatmap``) or class name (``PoiHeatmapTrainer``)."""
+    if name in TRAINERS:
+        return TRAINERS[name]
+    for cls in TRAINERS.values():
+        if cls.__name__ == name:
+            return cls
+    known = ", ".join(f"{k} ({v.__name__})" for k, v in TRAINERS.items())
+    raise PoiNnunetError(f"unknown trainer {name!r}; known trainers: {known}")
