@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from .augmentation.keys import KEYPOINTS, KEYPOINTS_VALID
 from .channels import STRUCTURE_MODE, ChannelLayout
+from .geometry import inside_extent
 from .preprocessing import load_preprocessed_pois
 
 
@@ -135,8 +136,9 @@ class PoiDataLoader(nnUNetDataLoader):
                 else:
                     seg_all[j] = sample["segmentation"]
                 moved = sample[KEYPOINTS].to(torch.float32)
+                inside = sample[KEYPOINTS_VALID].numpy() & inside_extent(moved.numpy(), sample["image"].shape[1:])
                 points_all.append(moved)
-                inside_all.append(sample[KEYPOINTS_VALID])
+                inside_all.append(torch.from_numpy(inside))
                 valid_all.append(self.channel_valid(torch.isfinite(moved).all(1).numpy(), full_res))
         return {"data": data_all, "target": seg_all, "keys": keys,
                 "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),

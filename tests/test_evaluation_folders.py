@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from poi_nnunet.cli.evaluate import main
+from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.evaluation import evaluate_folders
 from poi_nnunet.pois import Poi, PoiSet, write_poi_file
 
@@ -148,3 +149,19 @@ def test_cli_reports_user_errors_with_exit_code_2(tmp_path: Path, capsys: pytest
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
+
+
+def test_evaluation_can_be_restricted_to_some_cases(tmp_path: Path) -> None:
+    """A fold's validation scores only its own cases out of the whole poisTr."""
+    from poi_nnunet.evaluation import evaluate_folders
+    from poi_nnunet.pois import Poi, PoiSet, write_poi_file
+
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for case in ("a", "b", "c"):
+        write_poi_file(ref / f"{case}.json", PoiSet([Poi(0, 1, (0.0, 0.0))]))
+    write_poi_file(pred / "b.json", PoiSet([Poi(0, 1, (3.0, 4.0))]))
+    summary = evaluate_folders(ref, pred, tmp_path / "out", cases=["b"])
+    assert summary["cases"]["n_ref"] == 1 and summary["cases"]["missing"] == []
+    assert summary["points"]["overall"]["tre_mm"]["mean"] == pytest.approx(5.0)
+    with pytest.raises(PoiNnunetError, match="zzz"):
+        evaluate_folders(ref, pred, tmp_path / "out2", cases=["zzz"])

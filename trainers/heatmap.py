@@ -18,6 +18,7 @@ zero background beside a segmentation loss of order one.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -105,6 +106,33 @@ class PoiHeatmapTrainer(nnUNetTrainer):
         super().on_validation_epoch_end(val_outputs)
         poi = np.mean([o["poi_loss"] for o in val_outputs])
         self.print_to_log_file(f"val heatmap loss {poi:.5f}")
+
+    # ------------------------------------------------------------------ end of training
+    def perform_actual_validation(self, save_probabilities: bool = False) -> Optional[dict]:
+        """Predict the fold's validation cases, write them as poi_predict would, and evaluate them.
+
+        Points are compared with the raw dataset's ``poisTr`` (the annotations as given, cleaned
+        points included: cleaning decides what is learnt, not what counts as truth).
+        """
+        from poi_nnunet.evaluation import evaluate_folders
+        from poi_nnunet.evaluation.report import format_table
+        from poi_nnunet.inference import PoiPredictor, predict_preprocessed_cases
+        from poi_nnunet.raw_dataset import raw_root
+
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        _, val_keys = self.do_split()
+        out_dir = Path(self.output_folder) / "validation"
+        predictor = PoiPredictor.from_trainer(self)
+        predict_preprocessed_cases(predictor, self.preprocessed_dataset_folder, val_keys, out_dir)
+        self.set_deep_supervision_enabled(True)
+        reference = raw_root() / self.plans_manager.dataset_name / "poisTr"
+        if not reference.is_dir():
+            self.print_to_log_file(f"no reference points at {reference}; validation predictions are in {out_dir}")
+            return None
+        summary = evaluate_folders(reference, out_dir, out_dir / "evaluation", cases=sorted(val_keys))
+        self.print_to_log_file("validation:\n" + format_table(summary))
+        return summary
 
     # ------------------------------------------------------------------ data
     def load_slots(self, keys) -> Dict[str, CaseSlots]:

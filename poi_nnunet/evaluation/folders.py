@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,6 +47,13 @@ class EvaluationFolder:
     @property
     def cases(self) -> List[str]:
         return sorted(self.poi_files)
+
+    def restricted_to(self, cases: Sequence[str]) -> "EvaluationFolder":
+        """The same folder seen through a case list (a fold's validation cases out of all of poisTr)."""
+        unknown = sorted(set(cases) - set(self.poi_files))
+        if unknown:
+            raise PoiNnunetError(f"{self.path}: no point file for case(s) {', '.join(unknown[:5])}")
+        return replace(self, poi_files={c: self.poi_files[c] for c in cases})
 
     def mask_file(self, case: str) -> Optional[Path]:
         path = self.mask_dir / f"{case}{self.mask_ending}"

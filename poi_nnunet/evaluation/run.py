@@ -25,15 +25,19 @@ PLOT_PER_POI, PLOT_DISTRIBUTION = "error_per_poi.png", "error_distribution.png"
 def evaluate_folders(ref_dir: PathLike, pred_dir: PathLike, out_dir: Optional[PathLike] = None,
                      poi_names: Optional[Mapping[int, str]] = None, *,
                      thresholds_mm: Sequence[float] = DEFAULT_THRESHOLDS_MM,
-                     id_radius_mm: float = DEFAULT_ID_RADIUS_MM) -> Dict:
+                     id_radius_mm: float = DEFAULT_ID_RADIUS_MM,
+                     cases: Optional[Sequence[str]] = None) -> Dict:
     """Score the points (and masks, where both sides have them) of ``pred_dir`` against ``ref_dir``.
 
     Writes ``summary.json``, ``points.csv``, ``error_per_poi.png`` and
     ``error_distribution.png`` into ``out_dir`` (default ``pred_dir/evaluation``)
     and returns the summary (with NaN where ``summary.json`` has null).
-    ``poi_names`` overrides the names found in either side's ``dataset.json``.
+    ``poi_names`` overrides the names found in either side's ``dataset.json``;
+    ``cases`` restricts the reference to those cases (a fold's validation split).
     """
     ref = open_folder(ref_dir, "reference")
+    if cases is not None:
+        ref = ref.restricted_to(cases)
     pred = open_folder(pred_dir, "prediction")
     if not ref.poi_files:
         raise PoiNnunetError(f"reference folder {ref.path}: no point files (<case>.json) found")
