@@ -29,6 +29,7 @@ setup(
             "poi_demo=poi_nnunet.cli.demo:main",
             "poi_evaluate=poi_nnunet.cli.evaluate:main",
             "poi_train=poi_nnunet.cli.train:main",
+            "poi_predict=poi_nnunet.cli.predict:main",
         ],
     },
 )

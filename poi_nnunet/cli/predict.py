@@ -1,0 +1,98 @@
+"""``poi_predict -i IN -o OUT -d DATASET -c CONFIG -tr TRAINER``: predict POIs (and segmentations) for new images.
+
+IN holds images named as nnU-Net's ``imagesTs``: ``<case>_0000<file_ending>``,
+one file per channel. For each case OUT gets ``<case>.json`` (unified POI
+format, with confidences), ``<case>.mrk.json`` (3D Slicer markups) and, where
+the model segments, ``<case><file_ending>``; each is written under a temporary
+name and renamed. OUT also gets the model's ``dataset.json`` and ``plans.json``
+(as nnU-Net's predictor leaves them), which ``poi_evaluate`` reads.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from ..errors import PoiNnunetError
+from .common import reports_user_errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poi_predict",
+        description="Predict points of interest (and segmentations) with a model trained by poi_train: nnU-Net's "
+        "sliding-window prediction, averaged over folds and mirrored inputs, heatmap peaks decoded at sub-voxel "
+        "precision and mapped to world millimetres.",
+    )
+    parser.add_argument("-i", required=True, metavar="IN", help="folder of images named <case>_0000<file_ending>")
+    parser.add_argument("-o", required=True, metavar="OUT", help="output folder (created if missing)")
+    parser.add_argument("-d", required=True, metavar="DATASET", help="dataset id (501) or name (Dataset501_Spine)")
+    parser.add_argument("-c", required=True, metavar="CONFIG", help="configuration: 2d, 3d_fullres, 3d_lowres")
+    parser.add_argument("-tr", required=True, metavar="TRAINER", help="trainer short name (heatmap) or class name")
+    parser.add_argument("-f", nargs="+", default=None, metavar="FOLD",
+                        help="folds to ensemble (default: every fold with the checkpoint); 'all' for fold_all")
+    parser.add_argument("-p", default="poiPlans", metavar="PLANS", help="plans identifier (default poiPlans)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
+                        help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
+    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device to predict on (default cuda)")
+    parser.add_argument("-step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
+    parser.add_argument("--min_confidence", type=float, default=None, metavar="C",
+                        help="leave out points whose confidence (peak height / training amplitude) is below C "
+                        "(default 0.1); they count as not found")
+    parser.add_argument("--disable_tta", action="store_true",
+                        help="no test-time mirroring (faster, slightly less accurate)")
+    parser.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist")
+    parser.add_argument("--no_pbar", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _folds(values: Optional[Sequence[str]]) -> Optional[List[Union[int, str]]]:
+    if values is None:
+        return None
+    out: List[Union[int, str]] = []
+    for v in values:
+        if v == "all":
+            out.append(v)
+        elif v.isdigit():
+            out.append(int(v))
+        else:
+            raise PoiNnunetError(f"-f: a fold is an integer or 'all', got {v!r}")
+    return out
+
+
+@reports_user_errors
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    folds = _folds(args.f)
+    if not 0 < args.step_size <= 1:
+        raise PoiNnunetError(f"-step_size must be in (0, 1], got {args.step_size}")
+    if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
+        raise PoiNnunetError(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
+    from ..inference.inputs import check_dimensionality, list_input_cases
+    from ..inference.model import find_model_folder, predictor_for
+    from ..inference.run import predict_input_cases
+    from ..inference.writing import write_run_files
+
+    model = find_model_folder(args.d, args.c, args.tr, args.p)
+    cases = list_input_cases(args.i, model.file_ending, model.num_input_channels)
+    check_dimensionality(cases, args.c, model.configuration_axes, model.trained_on_2d_images)
+    options = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
+    predictor = predictor_for(model, folds, args.chk, args.device, use_mirroring=not args.disable_tta,
+                              tile_step_size=args.step_size, **options)
+    print(f"model {model.path}, folds {predictor.folds}; {len(cases)} case(s) in {args.i}")
+    arguments = {"input": args.i, "model": str(model.path), "folds": predictor.folds, "checkpoint": args.chk,
+                 "device": args.device, "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
+                 "min_confidence": predictor.min_confidence}
+    out = Path(args.o)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_files(out, model.dataset_json, model.plans, arguments)
+    done = predict_input_cases(predictor, cases, out, overwrite=args.overwrite, progress=not args.no_pbar)
+    print(f"predicted {len(done)} case(s) into {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Prediction with trained POI models: nnU-Net's sliding window, fold ensembling, heatmap decoding, outputs.
+
+* :mod:`.model`: find ``$nnUNet_results/<Dataset>/<Trainer>__<plans>__<config>`` and load its folds.
+* :mod:`.predictor`: :class:`PoiPredictor`, nnU-Net's predictor for segmentation + heatmap outputs
+  (full-width accumulation, mirror-aware test-time augmentation).
+* :mod:`.decoding`: heatmaps -> points per crop mode, in preprocessed space.
+* :mod:`.inputs`: listing and checking nnU-Net-named input files.
+* :mod:`.writing`: atomic ``<case>.json``, ``<case>.mrk.json`` and segmentation files.
+* :mod:`.run`: whole cases, from raw files or from nnU-Net's preprocessed folder.
+"""
+from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points, decode_structures, decode_whole_image
+from .model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, ModelFolder, find_model_folder, load_poi_model, predictor_for
+from .predictor import CasePrediction, PoiPredictor
+from .run import predict_folder, predict_input_cases, predict_preprocessed_cases
+
+__all__ = [
+    "CasePrediction",
+    "DEFAULT_CHECKPOINT",
+    "DEFAULT_PLANS",
+    "DecodedPoints",
+    "MIN_CONFIDENCE",
+    "ModelFolder",
+    "PoiPredictor",
+    "decode_points",
+    "decode_structures",
+    "decode_whole_image",
+    "find_model_folder",
+    "load_poi_model",
+    "predict_folder",
+    "predict_input_cases",
+    "predict_preprocessed_cases",
+    "predictor_for",
+]

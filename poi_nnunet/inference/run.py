@@ -1,0 +1,130 @@
+"""Predicting cases end to end: raw files (``poi_predict``) or cases nnU-Net already preprocessed
+(end-of-training validation), writing the same outputs for both.
+
+Per case: nnU-Net's preprocessing (or its preprocessed files), sliding-window
+prediction over all folds, heatmap decoding in preprocessed space, mapping to
+world mm through the case's :class:`~poi_nnunet.geometry.PreprocessedSpace`,
+and nnU-Net's export of the segmentation onto the input grid (skipped for a
+landmark-only dataset, which has no foreground label).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import PathLike, PoiNnunetError
+from ..geometry import ImageGeometry, PreprocessedSpace
+from .inputs import InputCase
+from .predictor import CasePrediction, PoiPredictor
+from .writing import case_is_done, write_case_outputs, write_run_files
+
+
+def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: PreprocessedSpace, properties: dict,
+                out_dir: Path, case: str) -> List[Path]:
+    """Write ``<case>.nii.gz`` (nnU-Net's export), ``<case>.mrk.json`` and ``<case>.json``."""
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    segmentation = None
+    reader_writer = None
+    if predictor.has_segmentation:
+        segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+            prediction.segmentation_logits, predictor.plans_manager, predictor.configuration_manager,
+            predictor.label_manager, properties)
+        reader_writer = predictor.plans_manager.image_reader_writer_class()
+    pois = prediction.points.to_world(space)
+    return write_case_outputs(out_dir, case, pois, predictor.dataset_json, segmentation, properties, reader_writer)
+
+
+def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out_dir: PathLike,
+                        overwrite: bool = False, progress: bool = True) -> List[str]:
+    """Preprocess, predict and write every case (skipping finished ones unless ``overwrite``); return those predicted."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ending = predictor.dataset_json["file_ending"]
+    todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, predictor.has_segmentation)]
+    skipped = len(cases) - len(todo)
+    if skipped:
+        print(f"{skipped} case(s) already predicted in {out_dir}; skipping them (pass --overwrite to redo)")
+    preprocessor = DefaultPreprocessor(verbose=False)  # the plans' preprocessor, built directly
+    done = []
+    for case in tqdm(todo, desc="poi_predict", unit="case", disable=not progress):
+        data, _, properties = preprocessor.run_case(case.files, None, predictor.plans_manager,
+                                                    predictor.configuration_manager, predictor.dataset_json)
+        space = PreprocessedSpace.from_nnunet_properties(properties, predictor.plans_manager.transpose_forward,
+                                                         data.shape[1:], raw=ImageGeometry.from_file(case.files[0]))
+        prediction = predictor.predict_case(data, space)
+        export_case(predictor, prediction, space, properties, out_dir, case.case)
+        done.append(case.case)
+    return done
+
+
+def preprocessed_case_space(preprocessed_folder: PathLike, case: str, properties: dict,
+                            transpose_forward: Sequence[int], shape: Sequence[int]) -> PreprocessedSpace:
+    """The case's space from its preprocessed POI file; from nnU-Net's properties where there is none.
+
+    Both are built from the same crop box, transpose and shapes; the POI file has the raw image's
+    geometry from its header, the properties the one nnU-Net's SimpleITK reader recorded.
+    """
+    from ..preprocessing import load_preprocessed_pois
+
+    try:
+        return load_preprocessed_pois(preprocessed_folder, case).space
+    except PoiNnunetError:
+        if "sitk_stuff" not in properties:
+            raise
+        return PreprocessedSpace.from_nnunet_properties(properties, transpose_forward, shape)
+
+
+def predict_preprocessed_cases(predictor: PoiPredictor, preprocessed_folder: PathLike, case_ids: Iterable[str],
+                               out_dir: PathLike, progress: bool = False) -> List[str]:
+    """Predict cases nnU-Net preprocessed into ``preprocessed_folder`` (a configuration's data folder) and
+    write the same outputs as :func:`predict_input_cases` into ``out_dir``, plus the model's
+    ``dataset.json`` and ``plans.json`` (which ``poi_evaluate`` reads); return the case ids."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
+    folder = Path(preprocessed_folder)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    case_ids = list(case_ids)
+    if not case_ids:
+        return []
+    try:
+        dataset = infer_dataset_class(str(folder))(str(folder), case_ids)
+    except Exception as exc:  # nnU-Net raises bare errors for a missing or foreign folder
+        raise PoiNnunetError(f"{folder}: cannot open nnU-Net's preprocessed cases {case_ids[:3]} ({exc})") from None
+    write_run_files(out_dir, predictor.dataset_json, predictor.plans_manager.plans)
+    done = []
+    for case in tqdm(case_ids, desc="predicting", unit="case", disable=not progress):
+        data, _, _, properties = dataset.load_case(case)
+        data = np.asarray(data[:])
+        space = preprocessed_case_space(folder, case, properties, predictor.plans_manager.transpose_forward,
+                                        data.shape[1:])
+        if tuple(space.shape_after_resampling) != tuple(data.shape[1:]):
+            raise PoiNnunetError(f"{folder}: case {case}: preprocessed POI file is for shape "
+                                 f"{space.shape_after_resampling}, the data is {tuple(data.shape[1:])}; "
+                                 "preprocess again")
+        prediction = predictor.predict_case(data, space)
+        export_case(predictor, prediction, space, properties, out_dir, case)
+        done.append(case)
+    return done
+
+
+def predict_folder(predictor: PoiPredictor, input_folder: PathLike, out_dir: PathLike, overwrite: bool = False,
+                   progress: bool = True, check_geometry: Optional[bool] = True) -> List[str]:
+    """List, check and predict every case of ``input_folder`` (nnU-Net-named files)."""
+    from .inputs import check_dimensionality, list_input_cases
+
+    model = getattr(predictor, "model_folder", None)
+    ending = predictor.dataset_json["file_ending"]
+    cases = list_input_cases(input_folder, ending, predictor.network_input_channels())
+    if check_geometry:
+        axes = len(predictor.configuration_manager.patch_size)
+        trained_2d = model.trained_on_2d_images if model is not None else None
+        name = model.configuration if model is not None else f"{axes}d"
+        check_dimensionality(cases, name, axes, trained_2d)
+    return predict_input_cases(predictor, cases, out_dir, overwrite=overwrite, progress=progress)
