@@ -59,15 +59,22 @@ def _xyz(position: Any) -> List[str]:
     return coords + [""] * (3 - len(coords))
 
 
-def format_table(summary: Mapping[str, Any]) -> str:
-    """A compact text table: one line per POI id and overall, then segmentation per label."""
+def format_table(summary: Mapping[str, Any], max_poi_rows: int = 60) -> str:
+    """A compact text table: one line per POI id (or per structure, when there are more than
+    ``max_poi_rows`` POIs) and overall, then segmentation per label."""
     points = summary["points"]
     keys = list(points["overall"]["success_rate"])
     head = f"{'poi':>6} {'name':<16} {'ref':>5} {'miss':>5} {'extra':>5} {'mean':>7} {'median':>7} {'std':>7} {'max':>7} " \
            + " ".join(f"{'<=' + k:>6}" for k in keys) + f" {'id':>6}"
     lines = [f"TRE in mm, success and identification rates in % ({summary['cases']['n_scored']} cases)", head]
-    for poi, group in points["per_poi"].items():
-        lines.append(_point_line(poi, group.get("name") or "", group, keys))
+    if len(points["per_poi"]) <= max_poi_rows:
+        for poi, group in points["per_poi"].items():
+            lines.append(_point_line(poi, group.get("name") or "", group, keys))
+    else:
+        lines[1] = lines[1].replace(f"{'poi':>6}", f"{'struct':>6}", 1)
+        lines.append(f"(per structure: {len(points['per_poi'])} POI ids, see summary.json and points.csv for each)")
+        for structure, group in points["per_structure"].items():
+            lines.append(_point_line(structure, group.get("name") or "", group, keys))
     lines.append(_point_line("all", "", points["overall"], keys))
     cases = summary["cases"]
     if cases["missing"]:
