@@ -25,6 +25,13 @@ def _tmp_name(path: Path) -> Path:
     return Path(name)
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open()`` would give (mkstemp's 0600 would hide results from other users)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None], suffix_hint: str = "") -> None:
     """Call ``write(tmp_path)`` and rename the result to ``path``.
 
@@ -37,6 +44,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None], suffix_hint: str
     target_tmp = tmp.with_name(tmp.name + suffix_hint) if suffix_hint else tmp
     try:
         write(target_tmp)
+        os.chmod(target_tmp, _default_mode())
         os.replace(target_tmp, path)
     finally:
         for leftover in {tmp, target_tmp}:

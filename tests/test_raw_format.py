@@ -113,3 +113,15 @@ def test_dataset_resolves_by_id_name_and_path(tmp_path: Path, nnunet_folders: di
     assert resolve_raw_dataset(str(target)) == target
     with pytest.raises(PoiNnunetError, match=r"unknown dataset '777'.*Dataset501_Spine"):
         resolve_raw_dataset("777")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through temporary files; the result must still be readable by others."""
+    import os
+    import stat
+
+    path = tmp_path / "c.json"
+    write_poi_file(path, PoiSet([Poi(0, 1, (1.0, 2.0))]))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
