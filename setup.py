@@ -26,6 +26,7 @@ setup(
     entry_points={
         "console_scripts": [
             "poi_convert=poi_nnunet.cli.convert:main",
+            "poi_plan_and_preprocess=poi_nnunet.cli.plan_and_preprocess:main",
             "poi_demo=poi_nnunet.cli.demo:main",
             "poi_evaluate=poi_nnunet.cli.evaluate:main",
             "poi_train=poi_nnunet.cli.train:main",

@@ -1,0 +1,231 @@
+"""The ``poi`` block of one nnU-Net configuration: every value derived from the fingerprint.
+
+Each function computes one value and its docstring states the rule. Vectors
+are in the configuration's axes: nnU-Net's transposed array axes, the last two
+of them for a ``2d`` configuration (the same axes as its ``patch_size`` and
+``spacing``). The fingerprint measures in the raw image's array axes;
+:func:`fingerprint_axes` says which raw axis each configuration axis is.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+from .cleaning import MIN_VOXEL_DIAGONALS
+
+POI_BLOCK_VERSION = 1
+STRUCTURE_MODE = "structure_with_neighbours"
+WHOLE_IMAGE_MODE = "whole_image"
+# structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
+SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
+CROP_PERCENTILE = 95
+CROP_MARGIN = 1.1  # 10% room for augmentation shifts and rotations
+REFINE_DIVISOR = 8  # three 2x poolings in the refinement network
+CONTEXT_SIGMAS = 3.0  # a heatmap's support; beyond 3 sigma it is below 1.2% of its peak
+
+
+def fingerprint_axes(transpose_forward: Sequence[int], n_config_axes: int, raw_dim: int) -> List[int]:
+    """Raw array axis (of the fingerprint's ``raw_dim`` axes) behind each configuration axis.
+
+    nnU-Net reads a 2D image as ``(1, y, x)``: its axis 0 does not exist in the fingerprint.
+    """
+    used = list(transpose_forward)[3 - n_config_axes:]
+    return [a - (3 - raw_dim) for a in used]
+
+
+def crop_mode(summary: Dict[str, Any]) -> str:
+    """Structure-centred when POI ids repeat on several structures of most cases and none is on structure 0.
+
+    Repeated ids (every vertebra has the same POIs) mean the structure must be named by the crop;
+    distinct ids (X-ray landmarks, one bone's POIs) are all predicted from the whole image.
+    """
+    on_zero = "0" in summary["structures"]
+    shared = summary["shared_poi_fraction"] >= SHARED_POI_FRACTION_FOR_STRUCTURE_MODE
+    return STRUCTURE_MODE if shared and not on_zero else WHOLE_IMAGE_MODE
+
+
+def crop_size_mm(fingerprint: Dict[str, Any], mode: str) -> np.ndarray:
+    """Crop (raw axes, mm) that covers what one sample must show.
+
+    Structure mode: the 95th percentile of the box centred on a structure that holds it and its
+    neighbours, plus 10%. Whole-image mode: the 95th percentile of the field of view.
+    """
+    cases = fingerprint["cases"]
+    if mode == STRUCTURE_MODE:
+        sizes = [s["crop_with_neighbours_mm"] for c in cases for k, s in c["structures"].items() if k != "0"]
+        crop = np.percentile(np.array(sizes), CROP_PERCENTILE, axis=0) * CROP_MARGIN
+        fov = np.percentile(np.array([c["fov_mm"] for c in cases]), CROP_PERCENTILE, axis=0)
+        return np.minimum(crop, fov)
+    return np.percentile(np.array([c["fov_mm"] for c in cases]), CROP_PERCENTILE, axis=0)
+
+
+def poi_separation_mm(fingerprint: Dict[str, Any], flagged: set) -> float:
+    """How close two POIs of one structure come: the 5th percentile of nearest-neighbour distances.
+
+    Flagged (cleaned) points are left out. Where no structure has two POIs, the median smallest
+    side of the structures (or of the field of view) stands in: peaks must then stay within it.
+    """
+    values = [p["nearest_poi_mm"] for c in fingerprint["cases"] for p in c["points"]
+              if p["nearest_poi_mm"] is not None and (c["case"], p["structure"], p["poi"]) not in flagged]
+    if values:
+        return float(np.percentile(values, 5))
+    sides = [min(s["extent_mm"]) for c in fingerprint["cases"] for s in c["structures"].values()]
+    return float(np.median(sides)) if sides else 1.0
+
+
+def heatmap_sigma_mm(separation_mm: float, spacing: Sequence[float]) -> float:
+    """Gaussian sigma: a quarter of the POI separation, at least a (median) voxel, at most separation / 2.5.
+
+    At 4 sigma apart a neighbour's peak is exp(-8) of its height; the one-voxel floor keeps a
+    heatmap renderable on the configuration's grid; the cap (exp(-3.1) overlap) wins over that floor
+    so neighbouring peaks do not merge on coarse grids, but never below half the finest voxel, where
+    a Gaussian would fall between voxel centres.
+    """
+    sigma = min(max(separation_mm / 4.0, float(np.median(spacing))), separation_mm / 2.5)
+    return float(max(sigma, 0.5 * float(np.min(spacing))))
+
+
+def coarse_spacing(crop_mm: np.ndarray, spacing: np.ndarray, patch_size: np.ndarray) -> np.ndarray:
+    """Spacing at which the whole crop fits the configuration's patch: ``max(spacing, crop / patch)``."""
+    return np.maximum(spacing, crop_mm / patch_size)
+
+
+def divisors(strides: Sequence[Sequence[int]], n_axes: int) -> np.ndarray:
+    """Per axis, how far the configuration's network downsamples, capped at the refinement's 8."""
+    total = np.prod(np.array(strides, dtype=int).reshape(-1, n_axes), axis=0)
+    return np.minimum(total, REFINE_DIVISOR)
+
+
+def refine_patch_size(sigma_mm: float, coarse: np.ndarray, spacing: np.ndarray, patch_size: np.ndarray,
+                      divisor: np.ndarray) -> List[int]:
+    """Full-resolution patch around a coarse estimate: ``2 * (3 sigma + one coarse voxel)`` per axis.
+
+    One coarse voxel bounds the coarse stage's error; 3 sigma is the heatmap's support. Rounded up
+    to the network's divisor, never larger than the configuration's own patch.
+    """
+    extent = 2 * (CONTEXT_SIGMAS * sigma_mm + coarse)
+    voxels = np.ceil(extent / spacing / divisor) * divisor
+    return [int(v) for v in np.minimum(np.maximum(voxels, divisor), patch_size)]
+
+
+def poi_channels(summary: Dict[str, Any], mode: str, names: Dict[str, str]) -> List[Dict[str, Any]]:
+    """Output channels: one per POI id (structure mode), one per (structure, POI) pair otherwise."""
+    if mode == STRUCTURE_MODE:
+        return [{"structure": None, "poi": int(p), "name": names.get(p, p)} for p in sorted(summary["pois"], key=int)]
+    pairs = sorted((tuple(int(x) for x in k.split(":")) for k in summary["pairs"]))
+    return [{"structure": s, "poi": p, "name": names.get(str(p), str(p))} for s, p in pairs]
+
+
+def fields_of_view(fingerprint: Dict[str, Any], mode: str, crop_cfg: np.ndarray, axes: List[int],
+                   spacing: np.ndarray, patch_size: np.ndarray, margin_mm: np.ndarray) -> List[Dict[str, Any]]:
+    """Boxes to train at full resolution.
+
+    Structure mode: the structure crop. Whole-image mode: the whole image when it fits the patch at
+    full resolution; otherwise the POIs are clustered by their median position (single linkage,
+    cut at half the patch's smallest side: groups farther apart than that would waste a patch on
+    the empty space between them) and each group gets a box covering its POIs in 95% of cases plus
+    ``3 sigma + one coarse voxel`` on each side (the coarse stage's error and the heatmap's support).
+    """
+    patch_mm = spacing * patch_size
+    summary = fingerprint["summary"]
+    all_pairs = sorted(summary["pairs"], key=lambda k: tuple(int(x) for x in k.split(":")))
+    if mode == STRUCTURE_MODE:
+        return [_fov("structure_crop", None, crop_cfg, patch_mm)]
+    if np.all(crop_cfg <= patch_mm) or not all_pairs:
+        return [_fov("whole_image", None, crop_cfg, patch_mm)]
+    centres = np.array([summary["pairs"][k]["median_grid_mm"] for k in all_pairs])[:, axes]
+    if len(all_pairs) > 1:
+        groups = fcluster(linkage(centres, method="single"), t=0.5 * float(patch_mm.min()), criterion="distance")
+    else:
+        groups = np.ones(1, dtype=int)
+    out = []
+    for g in sorted(set(groups.tolist()), key=lambda g: tuple(centres[groups == g].mean(axis=0))):
+        members = [all_pairs[i] for i in np.flatnonzero(groups == g)]
+        size = _group_spread(fingerprint["cases"], set(members), axes) + 2 * margin_mm
+        out.append(_fov(f"fov_{len(out)}", members, size, patch_mm))
+    return out
+
+
+def _group_spread(cases, members: set, axes: List[int]) -> np.ndarray:
+    spreads = []
+    for c in cases:
+        pts = np.array([p["grid_mm"] for p in c["points"] if f"{p['structure']}:{p['poi']}" in members])
+        if len(pts):
+            pts = pts[:, axes]
+            spreads.append(pts.max(axis=0) - pts.min(axis=0))
+    return np.percentile(np.array(spreads), CROP_PERCENTILE, axis=0)
+
+
+def _fov(name: str, members, size_mm: np.ndarray, patch_mm: np.ndarray) -> Dict[str, Any]:
+    return {
+        "name": name,
+        "pois": None if members is None else [[int(x) for x in m.split(":")] for m in members],
+        "centre": "structure_centre" if name == "structure_crop" else
+                  ("image_centre" if members is None else "centroid_of_pois"),
+        "size_mm": [round(float(v), 3) for v in size_mm],
+        "fits_patch_at_full_resolution": bool(np.all(size_mm <= patch_mm + 1e-6)),
+    }
+
+
+def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
+              thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str]) -> Dict[str, Any]:
+    """Assemble the ``poi`` block for one configuration of the plans.
+
+    Keys (vectors in the configuration's axes, see the module docstring):
+
+    * ``crop_mode``: ``structure_with_neighbours`` (one sample = one structure, centred, with its
+      neighbours in view) or ``whole_image``; ``crop_size_mm``: what a sample must cover.
+    * ``heatmap_sigma_mm`` / ``heatmap_sigma_voxels``: Gaussian target width; ``poi_separation_mm``
+      the separation it was derived from; ``peaks_separable``: whether the grid allowed sigma below
+      separation / 2.5.
+    * ``coarse_spacing``: spacing of the coarse stage, at which the crop fits the patch;
+      ``coarse_patch_size``: the crop in voxels at that spacing; ``coarse_to_fine``: whether that
+      spacing is coarser than the configuration's.
+    * ``refine_patch_size``: voxels, at the configuration's spacing, around each coarse estimate.
+    * ``fields_of_view``: boxes to train at full resolution, each with ``pois`` (``[structure, poi]``
+      pairs or ``None`` for all), ``centre`` (``structure_centre``, ``image_centre`` or
+      ``centroid_of_pois``), ``size_mm`` and ``fits_patch_at_full_resolution``.
+    * ``poi_channels``: output channel order, ``{"structure": int or None, "poi": int, "name": str}``.
+    * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
+      cleaning report lists.
+    """
+    summary = fingerprint["summary"]
+    spacing = np.array(configuration["spacing"], float)
+    patch = np.array(configuration["patch_size"], float)
+    axes = fingerprint_axes(transpose_forward, len(spacing), summary["dim"])
+    mode = crop_mode(summary)
+    crop = crop_size_mm(fingerprint, mode)[axes]
+    flagged_set = {(f["case"], f["structure"], f["poi"]) for f in flagged}
+    separation = poi_separation_mm(fingerprint, flagged_set)
+    sigma = heatmap_sigma_mm(separation, spacing)
+    coarse = coarse_spacing(crop, spacing, patch)
+    div = divisors(configuration["architecture"]["arch_kwargs"]["strides"], len(spacing))
+    margin = CONTEXT_SIGMAS * sigma + coarse
+    fraction = summary["poi_bearing_fraction"]
+    return {
+        "version": POI_BLOCK_VERSION,
+        "axes": "nnU-Net's transposed array axes, as patch_size and spacing",
+        "crop_mode": mode,
+        "crop_size_mm": _r(crop),
+        "heatmap_sigma_mm": round(sigma, 4),
+        "heatmap_sigma_voxels": _r(sigma / spacing),
+        "poi_separation_mm": round(separation, 4),
+        "peaks_separable": bool(separation >= 2.5 * sigma - 1e-9),
+        "coarse_spacing": _r(coarse),
+        "coarse_patch_size": [int(math.ceil(c - 1e-6)) for c in np.minimum(crop / coarse, patch)],
+        "coarse_to_fine": bool(np.any(coarse > spacing * (1 + 1e-6))),
+        "refine_patch_size": refine_patch_size(sigma, coarse, spacing, patch, div),
+        "fields_of_view": fields_of_view(fingerprint, mode, crop, axes, spacing, patch, margin),
+        "poi_bearing_fraction": None if fraction is None else round(fraction["p50"], 4),
+        "poi_channels": poi_channels(summary, mode, names),
+        "cleaning": {"max_surface_distance_mm": {k: round(v, 3) for k, v in thresholds.items()},
+                     "min_voxel_diagonals": MIN_VOXEL_DIAGONALS, "num_flagged": len(flagged),
+                     "report": "poi_cleaning.json"},
+    }
+
+
+def _r(v: np.ndarray) -> List[float]:
+    return [round(float(x), 4) for x in v]

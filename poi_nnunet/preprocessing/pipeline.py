@@ -1,0 +1,187 @@
+"""``poi_plan_and_preprocess``: validate, fingerprint, plan and preprocess one dataset.
+
+Order: validate the raw dataset (unless an unchanged, already validated
+fingerprint is reused), nnU-Net's fingerprint plus the POI fingerprint,
+cleaning, nnU-Net's planning with ``poi`` blocks, nnU-Net's preprocessing with
+POI files. Everything is built in a staging folder and published at the end,
+so a failure leaves the previous state (or nothing) behind, never a half.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..atomic import atomic_write_text
+from ..errors import PathLike, PoiNnunetError
+from ..raw_dataset import RawDataset, raw_root, resolve_raw_dataset
+from ..validation import check_raw_dataset
+from .landmark_only import point_preprocessor_at_labels, write_constant_labels
+from .staging import check_writable, preprocessed_root, publish, staged_preprocessed
+
+DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
+# nnU-Net's defaults for -np per configuration
+DEFAULT_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
+CLEANING_REPORT = "poi_cleaning.json"
+SUPPORTED_READERS = ("SimpleITKIO", "NaturalImage2DIO")
+
+
+def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS,
+                        num_processes: Optional[Sequence[int]] = None, num_processes_fingerprint: int = 8,
+                        verify_dataset_integrity: bool = False, gpu_memory_target: Optional[float] = None,
+                        clean: bool = False, preprocess: bool = True, progress: bool = True) -> Path:
+    """Plan and preprocess ``dataset`` (id, name or folder in ``$nnUNet_raw``); return its preprocessed folder."""
+    ds = RawDataset.open(resolve_raw_dataset(dataset))
+    _check_in_raw_root(ds)
+    processes = _processes_per_configuration(configurations, num_processes)
+    root = preprocessed_root()
+    check_writable(root)
+    _check_reader(ds)
+    # planners and nnU-Net import torch: loaded once the cheap input checks passed, so those errors come fast
+    from planners.experiment_planner import PLANS_IDENTIFIER
+    from planners.poi_fingerprint import FINGERPRINT_FILE, load_fingerprint, source_stamp
+
+    target = root / ds.path.name
+    stamp = source_stamp(ds)
+    previous = load_fingerprint(target / FINGERPRINT_FILE)
+    reuse = (not clean and previous is not None and previous.get("source_stamp") == stamp
+             and (target / "dataset_fingerprint.json").is_file())
+    if reuse:
+        print(f"Raw dataset unchanged since its fingerprint was made (and validated): reusing {target}")
+    if not reuse or verify_dataset_integrity:
+        print(f"Validating {ds.path} ...")
+        check_raw_dataset(ds.path, progress=progress)
+    if verify_dataset_integrity:
+        _nnunet_integrity_check(ds, num_processes_fingerprint)
+
+    with staged_preprocessed(ds.path.name) as staging:
+        keep = ["dataset_fingerprint.json", FINGERPRINT_FILE] if reuse else []
+        for name in keep + [f"{PLANS_IDENTIFIER}.json"]:  # nnU-Net keeps extra configurations of old plans
+            if (target / name).is_file():
+                shutil.copy2(target / name, staging / name)
+        produced = _run_staged(ds, staging, stamp, reuse, processes if preprocess else {},
+                               num_processes_fingerprint, gpu_memory_target, progress)
+        publish(staging, target, produced)
+    print(f"Done: {target}")
+    return target
+
+
+def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processes: Dict[str, int],
+                num_processes_fingerprint: int, gpu_memory_target: Optional[float], progress: bool) -> List[str]:
+    from planners.cleaning import MIN_VOXEL_DIAGONALS, flag_far_pois, flagged_keys, surface_thresholds
+    from planners.experiment_planner import PLANS_IDENTIFIER, PoiExperimentPlanner
+    from planners.fingerprint import PoiFingerprintExtractor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .preprocessor import PoiPreprocessor
+
+    name = ds.path.name
+    landmark_only = not ds.has_labels()
+    foreground = None
+    if landmark_only:
+        print("Landmark-only dataset: writing background label maps for nnU-Net (raw folder untouched)")
+        write_constant_labels(ds, staging / "gt_segmentations", 0)
+        if not reuse:  # only nnU-Net's fingerprint reads them
+            foreground = write_constant_labels(ds, staging.parent / ".foreground_labels", 1)
+
+    print("Fingerprint extraction...")
+    extractor = PoiFingerprintExtractor(name, num_processes_fingerprint, verbose=False, source_stamp=stamp,
+                                        label_files=foreground)
+    extractor.show_progress_bar = progress
+    extractor.run(overwrite_existing=not reuse)
+    fingerprint = extractor.poi_fingerprint
+
+    thresholds = surface_thresholds(fingerprint)
+    flagged = flag_far_pois(fingerprint, thresholds)
+    report = {"dataset": name,
+              "rule": "flagged when the distance to its own structure's surface exceeds "
+                      "max(max_surface_distance_mm[poi], min_voxel_diagonals * the case's voxel diagonal)",
+              "max_surface_distance_mm": thresholds, "min_voxel_diagonals": MIN_VOXEL_DIAGONALS,
+              "num_flagged": len(flagged), "flagged": flagged}
+    atomic_write_text(staging / CLEANING_REPORT, json.dumps(report, indent=1) + "\n")
+    if flagged:
+        print(f"Cleaning: {len(flagged)} POI(s) far from their structure's surface are left out of training "
+              f"targets (see {CLEANING_REPORT})")
+
+    print("Experiment planning...")
+    planner = PoiExperimentPlanner(name, gpu_memory_target_in_gb=gpu_memory_target or 8,
+                                   poi_fingerprint=fingerprint, cleaning_thresholds=thresholds, flagged=flagged)
+    plans = planner.plan_experiment()
+    if landmark_only:
+        point_preprocessor_at_labels(staging / "dataset.json", ds, name)
+
+    manager = PlansManager(plans)
+    data_folders: List[str] = []
+    for config, n in processes.items():
+        if config not in manager.available_configurations:
+            print(f"Configuration {config} is not planned for {name}; skipping (as nnU-Net does)")
+            continue
+        print(f"Preprocessing {config}...")
+        preprocessor = PoiPreprocessor(verbose=False, poi_folder=str(ds.path / "poisTr"),
+                                       flagged=flagged_keys(flagged))
+        preprocessor.show_progress_bar = progress
+        preprocessor.run(name, config, PLANS_IDENTIFIER, n)
+        identifier = manager.get_configuration(config).data_identifier
+        for folder in (identifier, identifier + "_pois"):  # POI files sit beside nnU-Net's data folder
+            if folder not in data_folders:
+                data_folders.append(folder)
+    if processes and not landmark_only:
+        _copy_references(ds, staging / "gt_segmentations")
+    gt = ["gt_segmentations"] if processes or landmark_only else []  # dataset.json's labels point there
+    return data_folders + gt + ["dataset_fingerprint.json", "poi_fingerprint.json", CLEANING_REPORT,
+                                "dataset.json", "splits_final.json", f"{PLANS_IDENTIFIER}.json"]
+
+
+def _copy_references(ds: RawDataset, folder: Path) -> None:
+    """nnU-Net keeps a copy of the reference labels beside the preprocessed data; so do we."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in ds.case_ids("Tr"):
+        shutil.copy2(ds.label_file(case), folder / ds.label_file(case).name)
+
+
+def _processes_per_configuration(configurations: Sequence[str],
+                                 num_processes: Optional[Sequence[int]]) -> Dict[str, int]:
+    """nnU-Net's -np rule: one number for all configurations, or one per configuration."""
+    configurations = list(dict.fromkeys(configurations))
+    if not num_processes:
+        return {c: DEFAULT_PROCESSES.get(c, 4) for c in configurations}
+    if len(num_processes) == 1:
+        return {c: int(num_processes[0]) for c in configurations}
+    if len(num_processes) != len(configurations):
+        raise PoiNnunetError(f"-np takes one number or one per configuration ({len(configurations)}), "
+                             f"got {len(num_processes)}")
+    return {c: int(n) for c, n in zip(configurations, num_processes)}
+
+
+def _check_in_raw_root(ds: RawDataset) -> None:
+    root = raw_root()
+    if ds.path.resolve().parent != root.resolve():
+        raise PoiNnunetError(f"{ds.path}: nnU-Net plans only datasets inside nnUNet_raw={root}; "
+                             "move it there or set nnUNet_raw")
+
+
+def _check_reader(ds: RawDataset) -> None:
+    """POIs are mapped through SimpleITK's geometry; readers that lay arrays out otherwise are refused."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+    first = ds.case_ids("Tr")[:1]
+    if not first:
+        raise PoiNnunetError(f"{ds.path}: no training cases in imagesTr/")
+    reader = determine_reader_writer_from_dataset_json(ds.meta, str(ds.image_files(first[0])[0]), verbose=False)
+    if reader.__name__ not in SUPPORTED_READERS:
+        raise PoiNnunetError(f"{ds.dataset_json}: nnU-Net would read these images with {reader.__name__}; "
+                             f"POIs can only be mapped for {', '.join(SUPPORTED_READERS)}")
+
+
+def _nnunet_integrity_check(ds: RawDataset, num_processes: int) -> None:
+    """nnU-Net's own --verify_dataset_integrity, where it applies (it needs label maps)."""
+    if not ds.has_labels():
+        print("nnU-Net's integrity check needs labelsTr; a landmark-only dataset is checked by our validator only")
+        return
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    try:
+        verify_dataset_integrity(str(ds.path), num_processes)
+    except (AssertionError, RuntimeError) as exc:
+        raise PoiNnunetError(f"{ds.path}: nnU-Net's integrity check failed: {exc}") from None
