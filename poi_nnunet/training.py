@@ -7,13 +7,13 @@ nnU-Net's.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
 from .errors import PoiNnunetError
+from .json_files import read_json
 
 
 def preprocessed_dataset_folder(dataset: str) -> Path:
@@ -29,15 +29,6 @@ def preprocessed_dataset_folder(dataset: str) -> Path:
     return Path(nnUNet_preprocessed.require()) / name
 
 
-def _read_json(path: Path, hint: str) -> dict:
-    if not path.is_file():
-        raise PoiNnunetError(f"{path}: missing; {hint}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise PoiNnunetError(f"{path}: not valid JSON ({exc})") from None
-
-
 def build_trainer(dataset: str, configuration: str, trainer: str, fold: Union[int, str], plans_identifier: str,
                   device: str = "cuda", continue_training: bool = False, epochs: Optional[int] = None,
                   iterations_per_epoch: Optional[int] = None):
@@ -51,8 +42,8 @@ def build_trainer(dataset: str, configuration: str, trainer: str, fold: Union[in
     cls = trainer_class(trainer)
     folder = preprocessed_dataset_folder(dataset)
     hint = f"run poi_plan_and_preprocess -d {dataset} first"
-    plans = _read_json(folder / f"{plans_identifier}.json", hint)
-    dataset_json = _read_json(folder / "dataset.json", hint)
+    plans = read_json(folder / f"{plans_identifier}.json", hint)
+    dataset_json = read_json(folder / "dataset.json", hint)
     configurations = plans.get("configurations", {})
     if configuration not in configurations:
         raise PoiNnunetError(f"{folder / (plans_identifier + '.json')}: no configuration {configuration!r} "

@@ -26,7 +26,7 @@ from .common import reports_user_errors
 SPINE_ID, SPINE_NAME = 501, "SyntheticSpine"
 XRAY_ID, XRAY_NAME = 502, "SyntheticXray"
 # (epochs, iterations per epoch): sized so training takes a few minutes on a 2-core CPU
-DEMO_SCHEDULE = {"xray": (40, 25), "spine": (20, 10)}
+DEMO_SCHEDULE = {"xray": (60, 25), "spine": (20, 10)}
 DEMO_TARGETS = {"xray": (XRAY_ID, "2d"), "spine": (SPINE_ID, "3d_fullres")}
 
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases-2d", type=int, default=100, help="training cases of the 2D X-ray (default 100)")
     parser.add_argument("--test-cases", type=int, default=5, help="held-out cases per dataset (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the phantoms (default 0)")
+    parser.add_argument("--xray-size", type=int, default=64,
+                        help="X-ray phantom size in pixels (default 64, about 5.5 mm pixels: small enough to train "
+                        "on a CPU in minutes; 128 is the phantom's full size)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate datasets that already exist")
     parser.add_argument("--train", choices=("xray", "spine", "none"), default="xray",
                         help="which dataset to plan, train, predict and evaluate (default xray; none stops after "
@@ -85,16 +88,17 @@ def generate(raw: Path, args: argparse.Namespace) -> Dict[str, Path]:
 
     made = {}
     jobs = (
-        ("3D spine", SPINE_ID, SPINE_NAME, write_spine_dataset, args.cases_3d),
-        ("2D X-ray", XRAY_ID, XRAY_NAME, write_xray_dataset, args.cases_2d),
+        ("3D spine", SPINE_ID, SPINE_NAME, write_spine_dataset, args.cases_3d, {}),
+        ("2D X-ray", XRAY_ID, XRAY_NAME, write_xray_dataset, args.cases_2d, {"shape": (args.xray_size,) * 2}),
     )
-    for label, ds_id, name, writer, cases in jobs:
+    for label, ds_id, name, writer, cases, options in jobs:
         target = raw / dataset_folder_name(ds_id, name)
         if target.exists() and not args.overwrite:
             print(f"[{label}] {target} exists, reusing it (--overwrite regenerates)")
         else:
             start = time.perf_counter()
-            writer(target, num_cases=cases, seed=args.seed, num_test=args.test_cases, overwrite=args.overwrite)
+            writer(target, num_cases=cases, seed=args.seed, num_test=args.test_cases, overwrite=args.overwrite,
+                   **options)
             print(f"[{label}] generated {target} in {time.perf_counter() - start:.1f} s")
         made[label] = target
     return made
