@@ -77,15 +77,15 @@ def poi_separation_mm(fingerprint: Dict[str, Any], flagged: set) -> float:
 
 
 def heatmap_sigma_mm(separation_mm: float, spacing: Sequence[float]) -> float:
-    """Gaussian sigma: a quarter of the POI separation, at least a (median) voxel, at most separation / 2.5.
+    """Gaussian sigma: a quarter of the POI separation, but at least one (median) voxel.
 
-    At 4 sigma apart a neighbour's peak is exp(-8) of its height; the one-voxel floor keeps a
-    heatmap renderable on the configuration's grid; the cap (exp(-3.1) overlap) wins over that floor
-    so neighbouring peaks do not merge on coarse grids, but never below half the finest voxel, where
-    a Gaussian would fall between voxel centres.
+    At 4 sigma apart a neighbour's peak is exp(-8) of its height, so on a fine grid neighbouring POIs
+    stay apart even where they would share a channel. On a grid too coarse for that, the floor wins:
+    a sub-voxel Gaussian is a one-voxel spike that a network barely learns and a fit cannot centre,
+    and different POIs sit in different output channels anyway, so their overlap costs nothing
+    (``peaks_separable`` in the plans records when this happened).
     """
-    sigma = min(max(separation_mm / 4.0, float(np.median(spacing))), separation_mm / 2.5)
-    return float(max(sigma, 0.5 * float(np.min(spacing))))
+    return float(max(separation_mm / 4.0, float(np.median(spacing))))
 
 
 def coarse_spacing(crop_mm: np.ndarray, spacing: np.ndarray, patch_size: np.ndarray) -> np.ndarray:
@@ -179,8 +179,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     * ``crop_mode``: ``structure_with_neighbours`` (one sample = one structure, centred, with its
       neighbours in view) or ``whole_image``; ``crop_size_mm``: what a sample must cover.
     * ``heatmap_sigma_mm`` / ``heatmap_sigma_voxels``: Gaussian target width; ``poi_separation_mm``
-      the separation it was derived from; ``peaks_separable``: whether the grid allowed sigma below
-      separation / 2.5.
+      the separation it was derived from; ``peaks_separable``: whether sigma stayed at or below
+      separation / 2.5 (neighbouring peaks overlap by less than exp(-3.1)).
     * ``coarse_spacing``: spacing of the coarse stage, at which the crop fits the patch;
       ``coarse_patch_size``: the crop in voxels at that spacing; ``coarse_to_fine``: whether that
       spacing is coarser than the configuration's.

@@ -34,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from .augmentation.keys import KEYPOINTS, KEYPOINTS_VALID
 from .channels import STRUCTURE_MODE, ChannelLayout
 from .geometry import inside_extent
-from .preprocessing import load_preprocessed_pois
+from .preprocessing import PreprocessedPois
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,12 @@ class CaseSlots:
         return np.all(np.isfinite(self.positions), axis=1)
 
 
-def load_case_slots(folder: str, case: str, layout: ChannelLayout) -> CaseSlots:
-    """Read ``<case>_pois.json`` and place its trainable points (valid, not cleaned) on the slot grid.
+def case_slots(pois: PreprocessedPois, layout: ChannelLayout) -> CaseSlots:
+    """Place a case's trainable points (valid, not cleaned) on the slot grid.
 
     In whole-image mode a point whose (structure, POI) has no channel is left out: the plans
     decide what the network predicts.
     """
-    pois = load_preprocessed_pois(folder, case)
     index = layout.slot_index()
     positions = np.full((layout.num_slots, 3), np.nan)
     for s, p, pos, ok in zip(pois.structures, pois.pois, pois.positions, pois.valid):

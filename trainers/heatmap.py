@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,9 +31,9 @@ from torch import nn
 
 from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.channels import STRUCTURE_MODE, ChannelLayout
-from poi_nnunet.data_loader import CaseSlots, PoiDataLoader, load_case_slots
+from poi_nnunet.data_loader import PoiDataLoader, case_slots
 from poi_nnunet.losses import MaskedHeatmapLoss
-from poi_nnunet.preprocessing import load_preprocessed_pois
+from poi_nnunet.preprocessing import PreprocessedPois, load_preprocessed_pois
 
 from .poi_loss import PointTargets, SegmentationAndHeatmapLoss, render_point_targets
 
@@ -135,20 +135,32 @@ class PoiHeatmapTrainer(nnUNetTrainer):
         return summary
 
     # ------------------------------------------------------------------ data
-    def load_slots(self, keys) -> Dict[str, CaseSlots]:
-        return {k: load_case_slots(self.preprocessed_dataset_folder, k, self.poi_layout) for k in keys}
+    def load_points(self, keys) -> Dict[str, PreprocessedPois]:
+        return {k: load_preprocessed_pois(self.preprocessed_dataset_folder, k) for k in keys}
 
-    def mirror_settings(self, keys) -> dict:
-        """Which patch axis is left-right, and how slots and labels swap when it is flipped."""
+    def mirror_settings(self, points: Dict[str, PreprocessedPois], mirror_axes) -> Tuple[tuple, dict]:
+        """Mirror axes to use, and how slots and labels swap when the left-right axis is flipped.
+
+        nnU-Net does not reorient images, so the left-right patch axis is read from each case's
+        direction. Where cases disagree, no single swap is right for all of them: mirroring is then
+        limited to axes that are left-right in no case, which needs no swap at all.
+        """
         pairs = self.dataset_json.get("poi_mirror_pairs") or []
         structures = self.dataset_json.get("structure_mirror_pairs") or []
-        if not pairs and not structures:
-            return {"swap_axes": (), "slot_permutation": None, "label_swaps": ()}
-        space = load_preprocessed_pois(self.preprocessed_dataset_folder, sorted(keys)[0]).space
-        axis = space.left_right_axis() - (3 - len(self.configuration_manager.patch_size))
-        return {"swap_axes": (axis,) if axis >= 0 else (),
-                "slot_permutation": self.poi_layout.mirror_permutation(pairs, structures),
-                "label_swaps": tuple(tuple(p) for p in structures)}
+        none = {"swap_axes": (), "slot_permutation": None, "label_swaps": ()}
+        if not pairs and not structures or not mirror_axes:
+            return mirror_axes, none
+        offset = 3 - len(self.configuration_manager.patch_size)
+        lr_axes = {p.space.left_right_axis() - offset for p in points.values()}
+        if len(lr_axes) > 1:
+            kept = tuple(a for a in mirror_axes if a not in lr_axes)
+            self.print_to_log_file(f"left-right axis differs between cases ({sorted(lr_axes)}): mirroring only "
+                                   f"along {kept}")
+            return kept, none
+        axis = lr_axes.pop()
+        return mirror_axes, {"swap_axes": (axis,) if axis >= 0 else (),
+                             "slot_permutation": self.poi_layout.mirror_permutation(pairs, structures),
+                             "label_swaps": tuple(tuple(p) for p in structures)}
 
     def get_dataloaders(self):
         """nnU-Net's loaders and augmentation, with points riding along (see :mod:`poi_nnunet.data_loader`)."""
@@ -161,14 +173,16 @@ class PoiHeatmapTrainer(nnUNetTrainer):
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         tr_keys, val_keys = list(dataset_tr.identifiers), list(dataset_val.identifiers)
-        slots = self.load_slots(tr_keys + val_keys)
+        points = self.load_points(tr_keys + val_keys)
+        slots = {k: case_slots(p, self.poi_layout) for k, p in points.items()}
+        mirror_axes, mirroring = self.mirror_settings(points, mirror_axes)
         labels = dict(foreground_labels=self.label_manager.foreground_labels,
                       regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
                       ignore_label=self.label_manager.ignore_label)
         tr_transforms = get_point_aware_training_transforms(
             patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            **labels, **self.mirror_settings(tr_keys), p_elastic_deform=self.p_elastic_deform)
+            **labels, **mirroring, p_elastic_deform=self.p_elastic_deform)
         val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded, **labels)
         structure_centred = self.poi_layout.mode == STRUCTURE_MODE
         common = dict(label_manager=self.label_manager, layout=self.poi_layout, slots=slots,
