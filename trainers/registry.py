@@ -8,10 +8,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from poi_nnunet.errors import PoiNnunetError
 
+from .coarse_refine import PoiCoarseRefineTrainer
 from .heatmap import PoiHeatmapTrainer
 
 TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
     "heatmap": PoiHeatmapTrainer,
+    "coarse_refine": PoiCoarseRefineTrainer,
 }
 
 

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.1); they count as not found")
     parser.add_argument("--disable_tta", action="store_true",
                         help="no test-time mirroring (faster, slightly less accurate)")
+    parser.add_argument("--labels", default=None, metavar="DIR",
+                        help="instance label maps <case><file_ending> on the input images' grids (e.g. a raw "
+                        "dataset's labelsTs): points are looked for in these structures instead of the model's "
+                        "own segmentation (coarse_refine then skips its segmentation pass and writes these labels)")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist")
     parser.add_argument("--no_pbar", action="store_true", help="hide the progress bar")
     return parser
@@ -71,25 +75,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise PoiNnunetError(f"-step_size must be in (0, 1], got {args.step_size}")
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise PoiNnunetError(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
+    if args.labels is not None and not Path(args.labels).is_dir():
+        raise PoiNnunetError(f"--labels {args.labels}: no such folder")
     from ..inference.inputs import check_dimensionality, list_input_cases
     from ..inference.model import find_model_folder, predictor_for
-    from ..inference.run import predict_input_cases
+    from ..inference.run import predict_input_cases, provided_label_files
     from ..inference.writing import write_run_files
 
     model = find_model_folder(args.d, args.c, args.tr, args.p)
     cases = list_input_cases(args.i, model.file_ending, model.num_input_channels)
     check_dimensionality(cases, args.c, model.configuration_axes, model.trained_on_2d_images)
+    if args.labels is not None:
+        provided_label_files(cases, args.labels, model.file_ending)  # every case has one, before anything is written
     options = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
     predictor = predictor_for(model, folds, args.chk, args.device, use_mirroring=not args.disable_tta,
                               tile_step_size=args.step_size, **options)
     print(f"model {model.path}, folds {predictor.folds}; {len(cases)} case(s) in {args.i}")
     arguments = {"input": args.i, "model": str(model.path), "folds": predictor.folds, "checkpoint": args.chk,
                  "device": args.device, "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
-                 "min_confidence": predictor.min_confidence}
+                 "min_confidence": predictor.min_confidence, "labels": args.labels}
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     write_run_files(out, model.dataset_json, model.plans, arguments)
-    done = predict_input_cases(predictor, cases, out, overwrite=args.overwrite, progress=not args.no_pbar)
+    done = predict_input_cases(predictor, cases, out, overwrite=args.overwrite, progress=not args.no_pbar,
+                               labels_dir=args.labels)
     print(f"predicted {len(done)} case(s) into {out}")
     return 0
 

@@ -169,7 +169,7 @@ def predictor_for(model: ModelFolder, folds: Optional[Sequence[FoldLike]] = None
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from .predictor import PoiPredictor
+    from .predictor import PoiPredictor, predictor_class_for
 
     device = torch.device(device) if isinstance(device, str) else device
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -197,7 +197,7 @@ def predictor_for(model: ModelFolder, folds: Optional[Sequence[FoldLike]] = None
 
     predictor_kwargs.setdefault("allow_tqdm", False)
     predictor_kwargs.setdefault("perform_everything_on_device", device.type == "cuda")
-    predictor = PoiPredictor(device=device, **predictor_kwargs)
+    predictor = predictor_class_for(model.trainer_class, PoiPredictor)(device=device, **predictor_kwargs)
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, model.dataset_json,
                                     model.trainer_class.__name__, mirror_axes,
                                     heatmap_amplitude=getattr(model.trainer_class, "heatmap_amplitude", 10.0))

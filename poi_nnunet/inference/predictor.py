@@ -65,6 +65,21 @@ class CasePrediction:
     segmentation: Optional[np.ndarray] = None  # (z, y, x) labels in preprocessed space (structure mode)
 
 
+def checked_segmentation(segmentation: np.ndarray, data: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """A provided label map, checked to lie on the preprocessed data's grid."""
+    segmentation = np.asarray(segmentation)
+    if segmentation.shape != tuple(data.shape[1:]):
+        raise PoiNnunetError(f"provided segmentation {segmentation.shape} does not match the "
+                             f"preprocessed data {tuple(data.shape[1:])}")
+    return segmentation
+
+
+def predictor_class_for(trainer_class: type, default: type) -> type:
+    """The predictor a trainer class asks for (``poi_predictor_class()``, e.g. coarse_refine's), else ``default``."""
+    factory = getattr(trainer_class, "poi_predictor_class", None)
+    return factory() if factory is not None and default is PoiPredictor else default
+
+
 class PoiPredictor(nnUNetPredictor):
     """nnU-Net's predictor for segmentation + heatmap networks; build it with :func:`load_poi_model`
     or :meth:`from_trainer`, never with ``initialize_from_trained_model_folder`` (name search)."""
@@ -113,7 +128,7 @@ class PoiPredictor(nnUNetPredictor):
         network = trainer.network.module if getattr(trainer, "is_ddp", False) else trainer.network
         kwargs.setdefault("device", trainer.device)
         kwargs.setdefault("allow_tqdm", False)
-        predictor = cls(**kwargs)
+        predictor = predictor_class_for(type(trainer), cls)(**kwargs)
         module = getattr(network, "_orig_mod", network)
         predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
                                         [module.state_dict()], trainer.dataset_json, type(trainer).__name__,
@@ -210,11 +225,14 @@ class PoiPredictor(nnUNetPredictor):
         finally:
             self.label_manager = label_manager
 
-    def predict_case(self, data: Union[np.ndarray, torch.Tensor], space: PreprocessedSpace) -> CasePrediction:
+    def predict_case(self, data: Union[np.ndarray, torch.Tensor], space: PreprocessedSpace,
+                     segmentation: Optional[np.ndarray] = None) -> CasePrediction:
         """Sliding-window prediction (all folds) of one preprocessed case, then decoding.
 
         ``data`` is nnU-Net's preprocessed array ``(channels, z, y, x)``; ``space`` the case's
         preprocessed space (for the left-right axis; points stay in preprocessed coordinates).
+        ``segmentation``: instance labels in the same space (``poi_predict --labels``); in structure
+        mode the peaks are then looked for inside these structures instead of the predicted ones.
         """
         data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
         expected = self.network_input_channels()
@@ -229,8 +247,9 @@ class PoiPredictor(nnUNetPredictor):
             raise PoiNnunetError(f"the network gives {logits.shape[0]} outputs, expected {self.num_outputs} "
                                  f"({self.num_segmentation_outputs} segmentation + {self.layout.num_channels} heatmaps)")
         seg_logits, heatmaps = logits[: self.num_segmentation_outputs], logits[self.num_segmentation_outputs:]
-        segmentation = None
-        if self.layout.mode == STRUCTURE_MODE:
+        if segmentation is not None:
+            segmentation = checked_segmentation(segmentation, data)
+        elif self.layout.mode == STRUCTURE_MODE:
             segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
         points = decode_points(heatmaps, self.layout, self.heatmap_amplitude, segmentation=segmentation,
                                sigma_voxels=self.heatmap_sigma_voxels, min_confidence=self.min_confidence)

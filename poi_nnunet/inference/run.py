@@ -38,26 +38,42 @@ def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: Prep
     return write_case_outputs(out_dir, case, pois, predictor.dataset_json, segmentation, properties, reader_writer)
 
 
+def provided_label_files(cases: Sequence[InputCase], labels_dir: PathLike, ending: str) -> List[str]:
+    """``labels_dir/<case><ending>`` of every case; a missing one is an error that names it."""
+    files = [Path(labels_dir) / f"{c.case}{ending}" for c in cases]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise PoiNnunetError(f"--labels {labels_dir}: {len(missing)} case(s) have no label map, e.g. {missing[0]}")
+    return [str(f) for f in files]
+
+
 def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out_dir: PathLike,
-                        overwrite: bool = False, progress: bool = True) -> List[str]:
-    """Preprocess, predict and write every case (skipping finished ones unless ``overwrite``); return those predicted."""
+                        overwrite: bool = False, progress: bool = True,
+                        labels_dir: Optional[PathLike] = None) -> List[str]:
+    """Preprocess, predict and write every case (skipping finished ones unless ``overwrite``); return those predicted.
+
+    ``labels_dir``: instance label maps (``<case><file_ending>``) on the images' grids that say where the
+    structures are (preprocessed with the image, as nnU-Net preprocesses labels) instead of the model's
+    own segmentation.
+    """
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = predictor.dataset_json["file_ending"]
     todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, predictor.has_segmentation)]
+    labels = provided_label_files(todo, labels_dir, ending) if labels_dir is not None else [None] * len(todo)
     skipped = len(cases) - len(todo)
     if skipped:
         print(f"{skipped} case(s) already predicted in {out_dir}; skipping them (pass --overwrite to redo)")
     preprocessor = DefaultPreprocessor(verbose=False)  # the plans' preprocessor, built directly
     done = []
-    for case in tqdm(todo, desc="poi_predict", unit="case", disable=not progress):
-        data, _, properties = preprocessor.run_case(case.files, None, predictor.plans_manager,
-                                                    predictor.configuration_manager, predictor.dataset_json)
+    for case, label_file in tqdm(list(zip(todo, labels)), desc="poi_predict", unit="case", disable=not progress):
+        data, seg, properties = preprocessor.run_case(case.files, label_file, predictor.plans_manager,
+                                                      predictor.configuration_manager, predictor.dataset_json)
         space = PreprocessedSpace.from_nnunet_properties(properties, predictor.plans_manager.transpose_forward,
                                                          data.shape[1:], raw=ImageGeometry.from_file(case.files[0]))
-        prediction = predictor.predict_case(data, space)
+        prediction = predictor.predict_case(data, space, segmentation=None if seg is None else np.asarray(seg[0]))
         export_case(predictor, prediction, space, properties, out_dir, case.case)
         done.append(case.case)
     return done

@@ -1,0 +1,193 @@
+"""Prediction with a coarse_refine model (:mod:`trainers.coarse_refine`): one crop per structure.
+
+Per case, in nnU-Net's preprocessed space:
+
+1. **Structures.** nnU-Net's sliding window over the whole case gives the segmentation (its
+   heatmap channels are kept in :class:`CasePrediction` but not decoded); or a label map is provided
+   (``predict_case(..., segmentation=...)``), in which case the window pass is skipped and that map is
+   also the segmentation written out. Every structure label of the plans' layout holding at least
+   ``min_structure_voxels`` voxels gets one crop.
+2. **Crops.** A patch-size crop centred on the label's centroid (the training crops' centre, see
+   :mod:`trainers.coarse_refine_data`), zero-padded where it leaves the volume as the loader pads.
+   In whole-image mode there is one crop, centred on the image: points outside it are not found.
+3. **Points.** ``forward_points`` gives the crop's coarse and refined points of *its centre structure
+   only*, so a structure's points always come from the crop centred on it, never from a neighbour's
+   crop where it is only context. Points are averaged over folds and, with test-time mirroring,
+   over flipped crops (``point_tta``, default: whenever ``use_mirroring``; un-flipped; left/right
+   partner POIs and structures exchanged on the patient's
+   left-right axis, as :class:`PoiPredictor` does for heatmaps).
+4. **Confidence** is the heatmap logit's maximum in the crop divided by the training amplitude,
+   the heatmap trainer's rule; a channel below ``min_confidence`` is not found (a POI the structure
+   does not have was trained to a flat heatmap).
+
+``point_stage="coarse"`` writes the soft-argmax points instead of the refined ones (the ablation).
+Points go to world mm through :class:`~poi_nnunet.geometry.PreprocessedSpace` in the shared writers.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+
+from ..channels import STRUCTURE_MODE
+from ..errors import PoiNnunetError
+from ..geometry import PreprocessedSpace
+from .decoding import MIN_STRUCTURE_VOXELS, DecodedPoints
+from .predictor import CasePrediction, PoiPredictor, checked_segmentation
+
+POINT_STAGES = ("refined", "coarse")
+
+
+class CoarseRefinePredictor(PoiPredictor):
+    """:class:`PoiPredictor` whose points come from the coarse_refine heads, one crop per structure."""
+
+    def __init__(self, *args: Any, point_stage: str = "refined", min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
+                 crop_batch_size: int = 4, point_tta: Optional[bool] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if point_stage not in POINT_STAGES:
+            raise PoiNnunetError(f"point_stage must be one of {POINT_STAGES}, got {point_stage!r}")
+        self.point_stage = point_stage
+        self.min_structure_voxels = int(min_structure_voxels)
+        self.crop_batch_size = int(crop_batch_size)
+        self.point_tta = point_tta  # None: mirror the crops whenever use_mirroring (up to 8 passes per crop)
+
+    # ------------------------------------------------------------------ one case
+    def predict_case(self, data: Union[np.ndarray, torch.Tensor], space: PreprocessedSpace,
+                     segmentation: Optional[np.ndarray] = None) -> CasePrediction:
+        """Segmentation (sliding window, or ``segmentation`` given in preprocessed space) and the points."""
+        data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
+        expected = self.network_input_channels()
+        if expected is not None and data.shape[0] != expected:
+            raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
+        self.set_case_space(space)
+        try:
+            if segmentation is None:
+                logits = self.predict_logits_from_preprocessed_data(data).cpu()
+                seg_logits, heatmaps = logits[: self.num_segmentation_outputs], logits[self.num_segmentation_outputs:]
+                if self.has_segmentation:
+                    segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
+            else:
+                segmentation = checked_segmentation(segmentation, data)
+                seg_logits = self._one_hot(segmentation)
+                heatmaps = torch.zeros((0, *data.shape[1:]), dtype=torch.float16)
+            points = self.predict_points(data, segmentation)
+        finally:
+            self.set_case_space(None)
+        return CasePrediction(seg_logits, heatmaps, points, segmentation)
+
+    def _one_hot(self, segmentation: np.ndarray) -> torch.Tensor:
+        """A provided label map as nnU-Net-shaped 'logits', so the writers export it unchanged."""
+        if self.label_manager.has_regions:
+            raise PoiNnunetError("a provided segmentation needs a label (not region) model")
+        labels = torch.from_numpy(segmentation.astype(np.int64))
+        out = torch.zeros((self.num_segmentation_outputs, *segmentation.shape), dtype=torch.float16)
+        out.scatter_(0, labels[None].clamp(0, self.num_segmentation_outputs - 1), 1.0)
+        return out
+
+    # ------------------------------------------------------------------ crops
+    def structure_crops(self, data_shape: Sequence[int], segmentation: Optional[np.ndarray]
+                        ) -> List[Tuple[int, int, List[int]]]:
+        """``(structure label, layer index, crop start)`` of every crop (array axes of the network input)."""
+        patch = np.asarray(self.configuration_manager.patch_size, dtype=float)
+        shape = np.asarray(data_shape, dtype=float)[-len(patch):]
+        if self.layout.mode != STRUCTURE_MODE:
+            start = np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int)
+            return [(0, 0, start.tolist())]
+        if segmentation is None:
+            raise PoiNnunetError("structure mode needs a segmentation to centre crops on")
+        seg = np.asarray(segmentation)
+        if len(patch) == 2:
+            seg = seg[0]
+        crops = []
+        for layer, label in enumerate(self.layout.layers):
+            where = np.nonzero(seg == label)
+            if len(where[0]) < self.min_structure_voxels:
+                continue
+            centroid = np.array([w.mean() for w in where])
+            start = np.round(centroid - patch / 2).astype(int)  # as the loader's round(c - p / 2)
+            crops.append((int(label), layer, start.tolist()))
+        return crops
+
+    def predict_points(self, data: torch.Tensor, segmentation: Optional[np.ndarray]) -> DecodedPoints:
+        """Points of every structure (preprocessed coordinates, 3 axes)."""
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        if len(patch) == 2 and data.shape[1] != 1:
+            raise PoiNnunetError("a 2d coarse_refine model predicts 2D images only (one slice)")
+        volume = data[:, 0].numpy() if len(patch) == 2 else data.numpy()
+        crops = self.structure_crops(data.shape[1:], segmentation)
+        pois = np.array([p for _, p in self.layout.channel_keys], dtype=int)
+        parts = []
+        for i in range(0, len(crops), self.crop_batch_size):
+            chunk = crops[i:i + self.crop_batch_size]
+            images = [crop_and_pad_nd(volume, [[s, s + p] for s, p in zip(start, patch)], 0) for _, _, start in chunk]
+            x = torch.from_numpy(np.stack(images)).float()
+            layers = torch.tensor([layer for _, layer, _ in chunk], dtype=torch.long)
+            coords, confidence = self.crop_points(x, layers)
+            for (label, _, start), c, conf in zip(chunk, coords, confidence):
+                positions = c.double().numpy() + np.asarray(start, dtype=float)
+                if len(patch) == 2:
+                    positions = np.concatenate([np.zeros((len(positions), 1)), positions], 1)
+                found = (conf >= self.min_confidence) & np.all(np.isfinite(positions), axis=1)
+                parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, conf).select(found))
+        return DecodedPoints.concatenate(parts)
+
+    # ------------------------------------------------------------------ network
+    @torch.inference_mode()
+    def crop_points(self, x: torch.Tensor, layers: torch.Tensor) -> Tuple[torch.Tensor, np.ndarray]:
+        """Points ``(N, C, D)`` (crop voxels, CPU) and confidences ``(N, C)`` of crops ``x`` ``(N, in, *patch)``,
+        averaged over folds and mirrored crops."""
+        network = getattr(self.network, "_orig_mod", self.network)
+        network.eval()
+        x = x.to(self.device)
+        layers = layers.to(self.device)
+        flips = self._flip_sets()
+        total, peak, n = None, None, 0
+        for params in self.list_of_parameters:
+            network.load_state_dict(params)
+            for flip in flips:
+                xs = torch.flip(x, [a + 2 for a in flip]) if flip else x
+                structure = self._mirrored_layers(layers) if self._flips_left_right(flip) else layers
+                out = network.forward_points(xs, structure)
+                pts = (out.refined if self.point_stage == "refined" else out.coarse).float()
+                heat = out.heatmaps.flatten(2).amax(-1).float()
+                for a in flip:
+                    pts[..., a] = x.shape[2 + a] - 1 - pts[..., a]
+                if self._flips_left_right(flip):
+                    perm = torch.as_tensor(self._channel_permutation(), device=pts.device)
+                    pts, heat = pts.index_select(1, perm), heat.index_select(1, perm)
+                total = pts if total is None else total + pts
+                peak = heat if peak is None else peak + heat
+                n += 1
+        confidence = (peak / n / self.heatmap_amplitude).clamp(0, 1)
+        return (total / n).cpu(), confidence.cpu().double().numpy()
+
+    def _flip_sets(self) -> List[Tuple[int, ...]]:
+        mirror = self.use_mirroring if self.point_tta is None else self.point_tta
+        axes = list(self.allowed_mirroring_axes or ()) if mirror else []
+        return [()] + [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+
+    def _flips_left_right(self, flip: Tuple[int, ...]) -> bool:
+        if not flip or self.mirror_permutation is None:
+            return False
+        if self.left_right_axis is None:
+            raise RuntimeError("CoarseRefinePredictor: set_case_space(space) must be called before predicting")
+        return self.left_right_axis in flip
+
+    def _channel_permutation(self) -> np.ndarray:
+        pairs = self.dataset_json.get("poi_mirror_pairs") or []
+        structures = self.dataset_json.get("structure_mirror_pairs") or []
+        return np.asarray(self.layout.channel_permutation(pairs, structures), dtype=int)
+
+    def _mirrored_layers(self, layers: torch.Tensor) -> torch.Tensor:
+        """Layer index of each crop's mirror-partner structure (a flipped left femur looks like a right one)."""
+        pairs = self.dataset_json.get("structure_mirror_pairs") or []
+        if not pairs or self.layout.mode != STRUCTURE_MODE:
+            return layers
+        partner = {int(a): int(b) for a, b in pairs} | {int(b): int(a) for a, b in pairs}
+        index = {label: i for i, label in enumerate(self.layout.layers)}
+        mapped = [index.get(partner.get(self.layout.layers[int(l)], -1), int(l)) if int(l) >= 0 else int(l)
+                  for l in layers.tolist()]
+        return torch.tensor(mapped, dtype=layers.dtype, device=layers.device)

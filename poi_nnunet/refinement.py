@@ -1,0 +1,250 @@
+"""Coarse-to-fine POI heads (seed 000): soft-argmax coarse points, patch refinement with self-attention.
+
+:class:`CoarseRefineNetwork` wraps the plans' nnU-Net network (built by the
+trainer with one heatmap logit channel per POI channel after the segmentation
+channels) and adds two heads:
+
+* **Coarse stage.** The heatmap logits of the patch (at the configuration's
+  spacing, the whole structure-centred crop in view) go through a spatial
+  softmax with a learnable inverse temperature; the expected coordinate is the
+  coarse point (:func:`~poi_nnunet.heatmaps.soft_argmax`, differentiable), and
+  the last decoder stage's features pooled with the same weights are the POI's
+  coarse feature vector (:func:`~poi_nnunet.heatmaps.pooled_features`).
+* **Refinement stage.** Around each (detached) coarse point a full-resolution
+  patch of ``refine_patch_size`` voxels of the input image *and* the last
+  decoder features is sampled (:func:`extract_patches`, trilinear, zeros
+  outside the volume) and embedded by a small CNN. Each POI becomes one token,
+  the concatenation ``[patch embedding, coarse feature, Fourier encoding of the
+  coarse position, POI-id embedding, structure embedding]`` projected to
+  ``d_model``; a 2-layer transformer encoder attends across the POIs of the
+  structure and a linear head regresses an offset in voxels. Refined point =
+  coarse point (detached) + offset: the refinement loss trains the residual and
+  the backbone's features, while the coarse point is trained by its own loss
+  (the cascade keeps the two stages' responsibilities apart, as iterative
+  refinement in detection transformers does).
+
+``forward(x)`` is exactly the nnU-Net network's forward (a tensor, or a list
+under deep supervision), so nnU-Net's sliding window, deep-supervision
+switch (:attr:`decoder`) and checkpoints work unchanged. The points come from
+:meth:`forward_points`, or from ``forward`` inside :meth:`points_for`, which
+stores them on :attr:`last_points` so nnU-Net's own train step can run the
+network while the loss reads the points.
+
+Coordinates are continuous voxel indices of the network input (array order,
+voxel centres on integers), as in :mod:`poi_nnunet.heatmaps`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .heatmaps import expected_coordinates, pooled_features, spatial_softmax
+
+D_MODEL = 96
+HEADS = 4
+LAYERS = 2
+FOURIER_FREQUENCIES = 4
+ID_EMBEDDING = 16
+INITIAL_BETA = 1.0
+
+
+@dataclass
+class PointPrediction:
+    """What :meth:`CoarseRefineNetwork.forward_points` returns; coordinates ``(B, C, D)`` in input voxels."""
+
+    output: Union[Tensor, List[Tensor]]  # the nnU-Net network's output (seg + heatmap channels)
+    heatmaps: Tensor  # (B, C, *spatial) heatmap logits, float32
+    coarse: Tensor  # soft-argmax points
+    centres: Tensor  # where the refinement patches were taken (coarse, detached, jittered in training)
+    refined: Tensor  # centres + offset
+    features: Tensor  # (B, C, F) coarse features
+
+
+def extract_patches(volume: Tensor, centres: Tensor, size: Sequence[int]) -> Tensor:
+    """Patches of ``size`` voxels centred on continuous voxel positions: ``(B, N, F, *size)``.
+
+    ``volume`` is ``(B, F, *spatial)`` (2D or 3D), ``centres`` ``(B, N, D)`` in its array-order voxel
+    coordinates. Patch voxel ``k`` along an axis lies at ``centre + k - (size - 1) / 2`` (the centre
+    is the patch's geometric middle), sampled by linear interpolation; whatever lies outside the
+    volume is zero, so a point at or beyond the border gives a zero-padded patch of the same shape.
+    Differentiable with respect to ``volume`` (not the centres, which the caller detaches).
+    """
+    b, f, *spatial = volume.shape
+    dim = len(spatial)
+    if centres.ndim != 3 or centres.shape[0] != b or centres.shape[-1] != dim or len(size) != dim:
+        raise ValueError(f"centres must be (B={b}, N, {dim}) and size {dim} values for a {dim}D volume, got "
+                         f"{tuple(centres.shape)} and {tuple(size)}")
+    n = centres.shape[1]
+    dtype = volume.dtype if volume.is_floating_point() else torch.float32
+    centres = torch.nan_to_num(centres.to(dtype), nan=-1e6)
+    axes = [torch.arange(s, dtype=dtype, device=volume.device) - (s - 1) / 2 for s in size]
+    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # (*size, D)
+    positions = centres.reshape(b, n, *([1] * dim), dim) + offsets  # (B, N, *size, D)
+    extent = torch.tensor([max(s - 1, 1) for s in spatial], dtype=dtype, device=volume.device)
+    grid = (2 * positions / extent - 1).flip(-1)  # grid_sample wants (x, y[, z]) in [-1, 1]
+    grid = grid.reshape(b, n * size[0], *size[1:], dim)
+    sampled = F.grid_sample(volume.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return sampled.reshape(b, f, n, *size).movedim(2, 1)
+
+
+def fourier_encoding(normalised: Tensor, frequencies: int = FOURIER_FREQUENCIES) -> Tensor:
+    """``[p, sin(2^k pi p), cos(2^k pi p)]`` of positions in ``[-1, 1]``: ``(..., D * (1 + 2K))``."""
+    scales = (2.0 ** torch.arange(frequencies, dtype=normalised.dtype, device=normalised.device)) * math.pi
+    angles = normalised[..., None] * scales  # (..., D, K)
+    return torch.cat([normalised, angles.sin().flatten(-2), angles.cos().flatten(-2)], -1)
+
+
+class PatchEmbedding(nn.Module):
+    """Small CNN: two stride-2 stages, then a 2^D average-pooled grid flattened (keeps where in the
+    patch things are, which an offset needs) and projected to ``d_model``."""
+
+    def __init__(self, in_channels: int, dim: int, d_model: int, width: int = 32):
+        super().__init__()
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+        pool = nn.AdaptiveAvgPool3d if dim == 3 else nn.AdaptiveAvgPool2d
+        self.body = nn.Sequential(
+            conv(in_channels, width, 3, padding=1), norm(width, affine=True), nn.LeakyReLU(0.01, inplace=True),
+            conv(width, width, 3, stride=2, padding=1), norm(width, affine=True), nn.LeakyReLU(0.01, inplace=True),
+            conv(width, 2 * width, 3, stride=2, padding=1), nn.LeakyReLU(0.01, inplace=True),
+            pool(2),
+        )
+        self.project = nn.Linear(2 * width * 2 ** dim, d_model)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        return self.project(self.body(patches).flatten(1))
+
+
+class RefinementHead(nn.Module):
+    """Tokens per POI -> transformer encoder across POIs -> offset in voxels (see the module docstring)."""
+
+    def __init__(self, num_channels: int, num_structures: int, patch_channels: int, feature_channels: int,
+                 refine_patch_size: Sequence[int], d_model: int = D_MODEL, heads: int = HEADS,
+                 layers: int = LAYERS):
+        super().__init__()
+        dim = len(refine_patch_size)
+        self.dim = dim
+        self.refine_patch_size = [int(s) for s in refine_patch_size]
+        self.num_structures = int(num_structures)
+        self.embed = PatchEmbedding(patch_channels, dim, d_model)
+        self.poi_embedding = nn.Embedding(num_channels, ID_EMBEDDING)
+        self.structure_embedding = nn.Embedding(self.num_structures + 1, ID_EMBEDDING)  # last = unknown
+        token = d_model + feature_channels + dim * (1 + 2 * FOURIER_FREQUENCIES) + 2 * ID_EMBEDDING
+        self.token = nn.Sequential(nn.Linear(token, d_model), nn.LayerNorm(d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.offset = nn.Linear(d_model, dim)
+        nn.init.zeros_(self.offset.weight)  # start as the identity: refined = coarse
+        nn.init.zeros_(self.offset.bias)
+
+    def forward(self, patch_source: Tensor, centres: Tensor, features: Tensor, structure: Tensor) -> Tensor:
+        """Offsets ``(B, C, D)`` for patches of ``patch_source`` ``(B, F, *spatial)`` around ``centres``."""
+        b, c, d = centres.shape
+        patches = extract_patches(patch_source, centres, self.refine_patch_size)
+        embedded = self.embed(patches.flatten(0, 1)).reshape(b, c, -1)
+        spatial = torch.tensor(patch_source.shape[2:], dtype=centres.dtype, device=centres.device)
+        position = fourier_encoding(2 * centres / (spatial - 1).clamp_min(1) - 1)
+        ids = self.poi_embedding.weight[None].expand(b, -1, -1)
+        index = torch.where((structure >= 0) & (structure < self.num_structures), structure,
+                            torch.full_like(structure, self.num_structures))
+        struct = self.structure_embedding(index)[:, None].expand(-1, c, -1)
+        tokens = self.token(torch.cat([embedded, features.to(embedded.dtype), position.to(embedded.dtype),
+                                       ids.to(embedded.dtype), struct.to(embedded.dtype)], -1))
+        return self.offset(self.transformer(tokens)).to(centres.dtype)
+
+
+class CoarseRefineNetwork(nn.Module):
+    """The plans' network (``backbone``, outputs ``num_segmentation + C``) plus the coarse and refinement heads."""
+
+    def __init__(self, backbone: nn.Module, num_segmentation_outputs: int, num_channels: int, num_structures: int,
+                 num_input_channels: int, refine_patch_size: Sequence[int], refine_on_features: bool = True,
+                 d_model: int = D_MODEL):
+        super().__init__()
+        self.backbone = backbone
+        self.num_segmentation_outputs = int(num_segmentation_outputs)
+        self.num_channels = int(num_channels)
+        self.refine_on_features = bool(refine_on_features)
+        feature_channels = _output_channels(self._feature_stage())
+        self.log_beta = nn.Parameter(torch.tensor(math.log(INITIAL_BETA)))
+        patch_channels = num_input_channels + (feature_channels if refine_on_features else 0)
+        self.refiner = RefinementHead(num_channels, num_structures, patch_channels, feature_channels,
+                                      refine_patch_size, d_model=d_model)
+        self.refine_jitter_voxels = 0.0  # std of the noise added to patch centres while training
+        self.last_points: Optional[PointPrediction] = None
+        self._structure: Optional[Tensor] = None
+        self._features: Optional[Tensor] = None
+        self._feature_stage().register_forward_hook(self._keep_features)
+
+    # ------------------------------------------------------------------ nnU-Net compatibility
+    @property
+    def decoder(self) -> nn.Module:
+        """nnU-Net's trainer toggles ``network.decoder.deep_supervision``."""
+        return self.backbone.decoder
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone.encoder
+
+    def _feature_stage(self) -> nn.Module:
+        return self.backbone.decoder.stages[-1]
+
+    def _keep_features(self, module: nn.Module, inputs, output: Tensor) -> None:
+        self._features = output
+
+    def forward(self, x: Tensor):
+        if self._structure is None:
+            return self.backbone(x)
+        self.last_points = self.forward_points(x, self._structure)
+        return self.last_points.output
+
+    @contextlib.contextmanager
+    def points_for(self, structure: Tensor) -> Iterator[None]:
+        """Within this context ``forward(x)`` also computes the points (``structure`` ``(B,)`` layer indices)
+        and keeps them on :attr:`last_points`."""
+        self._structure = structure
+        try:
+            yield
+        finally:
+            self._structure = None
+
+    # ------------------------------------------------------------------ points
+    @property
+    def beta(self) -> Tensor:
+        return self.log_beta.exp()
+
+    def forward_points(self, x: Tensor, structure: Tensor) -> PointPrediction:
+        """Network output, coarse and refined points for a batch of crops; ``structure`` ``(B,)`` is the
+        centre structure's layer index (-1: unknown)."""
+        self._features = None
+        output = self.backbone(x)
+        features = self._features
+        self._features = None
+        if features is None:
+            raise RuntimeError("the decoder's last stage did not run: cannot pool coarse features")
+        full = output[0] if isinstance(output, (list, tuple)) else output
+        heatmaps = full[:, self.num_segmentation_outputs:].float()
+        probs = spatial_softmax(heatmaps, self.beta)
+        coarse = expected_coordinates(probs)
+        pooled = pooled_features(features.float(), probs)
+        centres = coarse.detach()
+        if self.training and self.refine_jitter_voxels > 0:
+            centres = centres + self.refine_jitter_voxels * torch.randn_like(centres)
+        source = torch.cat([x.float(), features.float()], 1) if self.refine_on_features else x.float()
+        structure = torch.as_tensor(structure, device=x.device).long().reshape(-1)
+        offset = self.refiner(source, centres, pooled, structure)
+        return PointPrediction(output, heatmaps, coarse, centres, centres + offset, pooled)
+
+
+def _output_channels(module: nn.Module) -> int:
+    """Output channels of a decoder stage (the last convolution it holds)."""
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    if not convs:
+        raise ValueError(f"cannot find the output width of {type(module).__name__}")
+    return int(convs[-1].out_channels)
