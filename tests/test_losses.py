@@ -51,6 +51,31 @@ def test_heatmap_loss_with_nothing_valid_is_zero_with_a_gradient(dim: int) -> No
     assert pred.grad is not None and torch.equal(pred.grad, torch.zeros_like(pred))
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_heatmap_loss_in_peaks_costs_one_per_missed_poi_whatever_the_patch(dim: int) -> None:
+    """Counted in peaks, predicting zero costs 1 per valid POI per sample, in any patch size and sigma."""
+    from poi_nnunet.heatmaps import render_gaussian_heatmaps
+
+    sigma = [2.0, 1.5, 2.5][:dim]
+    for size in (24, 40):
+        shape = (size,) * dim
+        points = torch.full((2, 3, dim), size / 2 - 0.3, dtype=torch.float64)
+        target = render_gaussian_heatmaps(points, torch.ones(2, 3, dtype=torch.bool), shape, sigma, 10.0).float()
+        loss = MaskedHeatmapLoss(amplitude=10.0, sigma_voxels=sigma)
+        zero = torch.zeros_like(target)
+        torch.testing.assert_close(loss(zero, target, VALID), torch.tensor(VALID.sum().item() / 2.0), rtol=2e-3, atol=0)
+        assert loss(target, target, VALID).item() == 0.0
+        grad = _grad(lambda p: loss(p, target, VALID), zero)
+        assert torch.count_nonzero(grad[~VALID]) == 0 and torch.count_nonzero(grad[VALID]) > 0
+
+
+def test_heatmap_loss_rejects_bad_sigmas() -> None:
+    with pytest.raises(ValueError, match="sigma_voxels"):
+        MaskedHeatmapLoss(sigma_voxels=[1.0, 0.0])
+    with pytest.raises(ValueError, match="fewer than 3 axes"):
+        MaskedHeatmapLoss(sigma_voxels=[1.0, 1.0])(*_heatmaps(3), VALID)
+
+
 def test_foreground_weight_emphasises_errors_on_the_peak() -> None:
     target = torch.zeros(1, 1, 8, 8)
     target[0, 0, 4, 4] = 44.0

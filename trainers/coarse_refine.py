@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from poi_nnunet.channels import STRUCTURE_MODE
-from poi_nnunet.losses import MaskedHeatmapLoss
 from poi_nnunet.refinement import CoarseRefineNetwork
 
 from . import heatmap as heatmap_module
@@ -102,7 +101,7 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
     # ------------------------------------------------------------------ loss
     def _build_loss(self) -> CoarseRefineLoss:
         segmentation = super(PoiHeatmapTrainer, self)._build_loss() if self.has_segmentation else None
-        loss = CoarseRefineLoss(segmentation, MaskedHeatmapLoss(amplitude=self.heatmap_amplitude),
+        loss = CoarseRefineLoss(segmentation, self.heatmap_loss(),
                                 self.num_segmentation_outputs, self.heatmap_weight, self.spacing_mm,
                                 self.coarse_weight, self.refine_weight)
         loss.points_source = lambda: self.points_network().last_points

@@ -9,9 +9,11 @@ losses are further masked where the augmented point left the patch (soft-argmax
 can only answer inside it).
 
 Loss = nnU-Net's segmentation loss (where the dataset has labels)
-+ ``heatmap_weight`` x masked heatmap MSE (as the heatmap trainer)
++ ``heatmap_weight`` x the heatmap trainer's heatmap loss (counted in peaks: 1 per all-zero POI)
 + ``coarse_weight`` x Wing(coarse - truth) + ``refine_weight`` x Wing(refined - truth),
-coordinates in mm (patch voxels times the configuration's spacing).
+coordinates in mm (patch voxels times the configuration's spacing). All POI terms are
+summed over a sample's valid POIs and averaged over the batch, so their balance does not
+depend on how many POIs a structure has.
 
 Why Wing: its log part (errors below ``w`` = 10 mm) has gradient
 ``w / (epsilon + |x|)``, which *grows* as the error shrinks, so the
@@ -20,9 +22,10 @@ flat there, L2's vanishes); its linear part keeps early coarse errors of tens of
 mm and annotation outliers from dominating, as L2 would. ``epsilon`` = 2 mm
 (about one voxel of the synthetic spine) sets where the log part saturates.
 Seed 000's source used it too. Weights: per point the Wing sum over three
-axes is ~20 at 2 mm per axis and ~55 at 10 mm; ``0.02`` puts it at the scale of
-nnU-Net's Dice + CE (order 1) so neither the segmentation nor the heatmap
-term is drowned under nnU-Net's SGD with gradient clipping at 12.
+axes is ~20 at 2 mm per axis and ~55 at 10 mm; ``0.02`` puts each point at
+0.4-1.1, the scale of its heatmap term (1 when missed), so neither the
+heatmaps nor the coordinates are drowned under nnU-Net's SGD with gradient
+clipping at 12.
 """
 from __future__ import annotations
 
@@ -101,8 +104,9 @@ class CoarseRefineLoss(SegmentationAndHeatmapLoss):
         spacing = self.spacing.to(points.coarse.device)
         truth = torch.nan_to_num(targets.points.to(points.coarse.device)) * spacing
         valid = targets.points_valid.to(points.coarse.device)
-        coarse = masked_point_loss(points.coarse * spacing, truth, valid, "wing", self.wing)
-        refined = masked_point_loss(points.refined * spacing, truth, valid, "wing", self.wing)
+        per_sample = valid.sum() / max(valid.shape[0], 1)  # summed over POIs, as the heatmap loss
+        coarse = masked_point_loss(points.coarse * spacing, truth, valid, "wing", self.wing) * per_sample
+        refined = masked_point_loss(points.refined * spacing, truth, valid, "wing", self.wing) * per_sample
         return coarse, refined
 
     @torch.no_grad()

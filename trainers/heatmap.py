@@ -1,19 +1,23 @@
 """``heatmap``: nnU-Net's segmentation network with one more output channel per POI channel.
 
-The plans' network is built unchanged except for its output width: the last
-``C`` channels of every output are heatmaps (a 1x1 convolution on the same
-decoder features as the segmentation, i.e. a heatmap head sharing the
-backbone). Targets are Gaussians rendered on the device from the points the
+The plans' network is built unchanged; beside its last 1x1 segmentation
+convolution sits a small heatmap head on the same decoder features
+(:mod:`poi_nnunet.heads`: a hidden layer at least as wide as the POI count,
+since a plain widened 1x1 convolution cannot separate more POIs than the
+decoder has features), so the last ``C`` channels of the full-resolution
+output are heatmaps. Targets are Gaussians rendered on the device from the points the
 loader moved through augmentation, ``amplitude * exp(-d^2 / 2 sigma^2)`` with
 sigma from the plans' ``poi`` block.
 
 Loss: nnU-Net's Dice + CE (with deep supervision) on the segmentation channels
-where the dataset has labels, plus ``heatmap_weight`` times the masked MSE on
-the full-resolution heatmaps (the heatmap-regression baseline of seed 001).
-MSE against a scaled Gaussian is chosen because its optimum is the Gaussian
-itself, whose peak the decoder fits to sub-voxel precision; the amplitude
-(see :class:`MaskedHeatmapLoss`) keeps the tiny peaks from drowning in the
-zero background beside a segmentation loss of order one.
+where the dataset has labels, plus ``heatmap_weight`` times the masked squared
+error on the full-resolution heatmaps (the heatmap-regression baseline of seed
+001). Squared error against a scaled Gaussian is chosen because its optimum is
+the Gaussian itself, whose peak the decoder fits to sub-voxel precision. It is
+summed per channel and divided by one peak's energy, not by the voxel count
+(see :class:`MaskedHeatmapLoss`): as a plain MSE the peaks drowned in the zero
+background beside a segmentation loss of order one, and the heads learnt to
+predict zero everywhere.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from torch import nn
 from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.channels import STRUCTURE_MODE, ChannelLayout
 from poi_nnunet.data_loader import PoiDataLoader, case_slots
+from poi_nnunet.heads import add_heatmap_head
 from poi_nnunet.losses import MaskedHeatmapLoss
 from poi_nnunet.preprocessing import PreprocessedPois, load_preprocessed_pois
 
@@ -69,16 +74,24 @@ class PoiHeatmapTrainer(nnUNetTrainer):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        """The plans' network, its output widened by the POI channels (rebuildable from plans alone)."""
-        extra = PoiHeatmapTrainer.poi_output_channels(configuration_manager)
-        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
-                                                        num_output_channels + extra, enable_deep_supervision)
+        """The plans' network with a heatmap head beside its last segmentation layer (rebuildable from plans alone).
+
+        The full-resolution output is ``num_output_channels`` segmentation logits followed by one heatmap
+        per POI channel; the deep-supervision outputs stay segmentation-only.
+        """
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        return add_heatmap_head(network, PoiHeatmapTrainer.poi_output_channels(configuration_manager))
 
     # ------------------------------------------------------------------ loss
     def _build_loss(self) -> SegmentationAndHeatmapLoss:
         segmentation = super()._build_loss() if self.has_segmentation else None
-        return SegmentationAndHeatmapLoss(segmentation, MaskedHeatmapLoss(amplitude=self.heatmap_amplitude),
-                                          self.num_segmentation_outputs, self.heatmap_weight)
+        return SegmentationAndHeatmapLoss(segmentation, self.heatmap_loss(), self.num_segmentation_outputs,
+                                          self.heatmap_weight)
+
+    def heatmap_loss(self) -> MaskedHeatmapLoss:
+        """Squared error per channel in units of one peak's energy, so the weight is dataset-independent."""
+        return MaskedHeatmapLoss(amplitude=self.heatmap_amplitude, sigma_voxels=self.heatmap_sigma_voxels)
 
     def point_targets(self, batch: dict, shape) -> PointTargets:
         """Heatmap targets and channel masks for this batch, rendered on the training device."""
