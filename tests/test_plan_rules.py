@@ -66,10 +66,10 @@ def test_crop_mode_follows_whether_poi_ids_repeat_on_structures() -> None:
     assert crop_mode(_fingerprint([_leg_case(i) for i in range(3)])["summary"]) == WHOLE_IMAGE_MODE
 
 
-def test_sigma_keeps_neighbouring_peaks_apart_but_never_falls_below_a_voxel() -> None:
-    assert heatmap_sigma_mm(8.0, [1.0, 1.0, 1.0]) == pytest.approx(2.0)   # a quarter of the separation
-    assert heatmap_sigma_mm(8.0, [3.0, 3.0, 3.0]) == pytest.approx(3.0)   # at least one voxel ...
-    assert heatmap_sigma_mm(2.0, [3.0, 4.0, 3.0]) == pytest.approx(3.0)   # ... even where peaks overlap
+def test_sigma_keeps_neighbouring_peaks_apart_but_never_falls_below_two_voxels() -> None:
+    assert heatmap_sigma_mm(16.0, [1.0, 1.0, 1.0]) == pytest.approx(4.0)  # a quarter of the separation
+    assert heatmap_sigma_mm(8.0, [3.0, 3.0, 3.0]) == pytest.approx(6.0)   # at least two voxels ...
+    assert heatmap_sigma_mm(2.0, [3.0, 4.0, 3.0]) == pytest.approx(6.0)   # ... even where peaks overlap
 
 
 def test_structure_mode_block_on_a_spine_like_fingerprint() -> None:
