@@ -54,6 +54,10 @@ class PoiHeatmapTrainer(nnUNetTrainer):
     """Segmentation + one heatmap per POI channel of the plans."""
 
     heatmap_amplitude: float = 10.0
+    # 1 per POI against Dice+CE: in the demo's CPU budget (1500 steps, 160 X-ray POIs) points went from none
+    # found to 5.4 mm mean TRE, while the segmentation's Dice fell from 0.92 to 0.70; 0.1 kept more Dice
+    # (EMA pseudo-Dice 0.77 after a 750-step run, against 0.63 at step 750 of the 1500) but left 7% of the
+    # validation points unfound and the rest at 17.7 mm.
     heatmap_weight: float = 1.0
     p_elastic_deform: float = 0.0
 
