@@ -101,8 +101,9 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
     # ------------------------------------------------------------------ loss
     def _build_loss(self) -> CoarseRefineLoss:
         segmentation = super(PoiHeatmapTrainer, self)._build_loss() if self.has_segmentation else None
+        per_channel = self.heatmap_weight / max(self.poi_layout.num_channels, 1)  # see coarse_refine_loss
         loss = CoarseRefineLoss(segmentation, self.heatmap_loss(),
-                                self.num_segmentation_outputs, self.heatmap_weight, self.spacing_mm,
+                                self.num_segmentation_outputs, per_channel, self.spacing_mm,
                                 self.coarse_weight, self.refine_weight)
         loss.points_source = lambda: self.points_network().last_points
         return loss

@@ -9,11 +9,14 @@ losses are further masked where the augmented point left the patch (soft-argmax
 can only answer inside it).
 
 Loss = nnU-Net's segmentation loss (where the dataset has labels)
-+ ``heatmap_weight`` x the heatmap trainer's heatmap loss (counted in peaks: 1 per all-zero POI)
-+ ``coarse_weight`` x Wing(coarse - truth) + ``refine_weight`` x Wing(refined - truth),
-coordinates in mm (patch voxels times the configuration's spacing). All POI terms are
-summed over a sample's valid POIs and averaged over the batch, so their balance does not
-depend on how many POIs a structure has.
++ ``heatmap_weight / C`` x the heatmap trainer's heatmap loss (counted in peaks, so a mean over the
+  C POI channels: 1 when every heatmap is zero)
++ ``coarse_weight`` x Wing(coarse - truth) + ``refine_weight`` x Wing(refined - truth), each the mean
+  over the valid points, coordinates in mm (patch voxels times the configuration's spacing).
+Every term is of order one. Unlike the heatmap trainer, whose points come from the heatmaps alone,
+here the coordinate losses train the points directly and the heatmap term only shapes the
+soft-argmax: summed over POIs (as the heatmap trainer does) it drowned the rest, and in the CPU
+ablation the segmentation found no structure and the refined points were no better than the coarse.
 
 Why Wing: its log part (errors below ``w`` = 10 mm) has gradient
 ``w / (epsilon + |x|)``, which *grows* as the error shrinks, so the
@@ -22,10 +25,9 @@ flat there, L2's vanishes); its linear part keeps early coarse errors of tens of
 mm and annotation outliers from dominating, as L2 would. ``epsilon`` = 2 mm
 (about one voxel of the synthetic spine) sets where the log part saturates.
 Seed 000's source used it too. Weights: per point the Wing sum over three
-axes is ~20 at 2 mm per axis and ~55 at 10 mm; ``0.02`` puts each point at
-0.4-1.1, the scale of its heatmap term (1 when missed), so neither the
-heatmaps nor the coordinates are drowned under nnU-Net's SGD with gradient
-clipping at 12.
+axes is ~20 at 2 mm per axis and ~55 at 10 mm; ``0.02`` puts it at the scale of
+nnU-Net's Dice + CE (order 1) so neither the segmentation nor the heatmap
+term is drowned under nnU-Net's SGD with gradient clipping at 12.
 """
 from __future__ import annotations
 
@@ -104,9 +106,8 @@ class CoarseRefineLoss(SegmentationAndHeatmapLoss):
         spacing = self.spacing.to(points.coarse.device)
         truth = torch.nan_to_num(targets.points.to(points.coarse.device)) * spacing
         valid = targets.points_valid.to(points.coarse.device)
-        per_sample = valid.sum() / max(valid.shape[0], 1)  # summed over POIs, as the heatmap loss
-        coarse = masked_point_loss(points.coarse * spacing, truth, valid, "wing", self.wing) * per_sample
-        refined = masked_point_loss(points.refined * spacing, truth, valid, "wing", self.wing) * per_sample
+        coarse = masked_point_loss(points.coarse * spacing, truth, valid, "wing", self.wing)
+        refined = masked_point_loss(points.refined * spacing, truth, valid, "wing", self.wing)
         return coarse, refined
 
     @torch.no_grad()
