@@ -16,7 +16,12 @@ def test_demo_generates_valid_datasets(nnunet_folders: dict, capsys: pytest.Capt
     xray = RawDataset.open(nnunet_folders["raw"] / "Dataset502_SyntheticXray")
     assert (len(spine.case_ids("Tr")), len(spine.case_ids("Ts"))) == (2, 1)
     assert (len(xray.case_ids("Tr")), len(xray.case_ids("Ts"))) == (3, 1)
-    assert "Dataset501_SyntheticSpine" in out and "valid" in out
+    assert "Dataset501_SyntheticSpine" in out
+    # each dataset's own verdict line: a bare "valid" would also match "invalid"
+    lines = [line.strip() for line in out.splitlines()]
+    for label in ("3D spine", "2D X-ray"):
+        assert any(line.startswith(f"[{label}] valid. ") for line in lines), out
+    assert "invalid" not in out.lower()
     assert str(nnunet_folders["raw"]) in out
     # a second run reuses what is there instead of failing or overwriting
     assert demo_main(["--cases-3d", "2", "--cases-2d", "3", "--test-cases", "1", "--train", "none"]) == 0
