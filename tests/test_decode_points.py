@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from poi_nnunet.channels import ChannelLayout
@@ -21,6 +22,10 @@ from poi_nnunet.inference.decoding import (
 )
 
 AMPLITUDE = 10.0
+# Decoding is sub-voxel: a float32 Gaussian's fitted peak lands within ~0.02 preprocessed voxels of
+# where it was drawn, i.e. well under 0.05 mm at these spacings (<= 2.5 mm raw, resampled finer),
+# while a convention slip (half a voxel, a swapped axis, centre- instead of edge-aligned resampling)
+# moves a point by >= 0.2 mm.
 TOL_MM = 0.05 + 1e-6
 
 
@@ -45,13 +50,13 @@ def _space_2d() -> PreprocessedSpace:
 def _whole_image_layout(pairs) -> ChannelLayout:
     block = {"crop_mode": "whole_image",
              "poi_channels": [{"structure": s, "poi": p, "name": f"p{p}"} for s, p in pairs]}
-    return ChannelLayout.from_poi_block(block, {"labels": {"background": 0, "a": 1, "b": 2}})
+    return ChannelLayout.from_channels(block["crop_mode"], block["poi_channels"], {"labels": {"background": 0, "a": 1, "b": 2}})
 
 
 def _structure_layout(pois, labels=(1, 2)) -> ChannelLayout:
     block = {"crop_mode": "structure_with_neighbours",
              "poi_channels": [{"structure": None, "poi": p, "name": f"p{p}"} for p in pois]}
-    return ChannelLayout.from_poi_block(block, {"labels": {"background": 0, **{f"s{v}": v for v in labels}}})
+    return ChannelLayout.from_channels(block["crop_mode"], block["poi_channels"], {"labels": {"background": 0, **{f"s{v}": v for v in labels}}})
 
 
 def _render(points: np.ndarray, shape, sigma) -> torch.Tensor:
@@ -64,13 +69,40 @@ def _render(points: np.ndarray, shape, sigma) -> torch.Tensor:
     return maps.float()
 
 
+def _raw_image(raw: ImageGeometry) -> sitk.Image:
+    """An empty SimpleITK image on the raw grid: the reference for index -> world."""
+    image = sitk.Image([int(s) for s in raw.size], sitk.sitkUInt8)
+    image.SetOrigin(tuple(float(v) for v in raw.origin))
+    image.SetSpacing(tuple(float(v) for v in raw.spacing))
+    image.SetDirection(tuple(float(v) for v in np.asarray(raw.direction).ravel()))
+    return image
+
+
+def _raw_itk_index(space: PreprocessedSpace, preprocessed) -> list:
+    """Written out per axis, independently of poi_nnunet.geometry: preprocessed axis ``i`` is nnU-Net
+    array axis ``transpose_forward[i]``; resampling ``crop -> new`` voxels aligns voxel edges, so index
+    ``p`` came from cropped index ``(p + 0.5) * crop / new - 0.5``, plus the crop start. nnU-Net's array
+    is ``(z, y, x)`` (``(1, y, x)`` for a 2D image), so the ITK index ``(x, y[, z])`` is it reversed."""
+    array = [0.0, 0.0, 0.0]
+    for i, p in enumerate(np.asarray(preprocessed, float)):
+        crop, new = space.shape_after_crop[i], space.shape_after_resampling[i]
+        array[space.transpose_forward[i]] = (p + 0.5) * crop / new - 0.5 + space.bbox[i][0]
+    return array[::-1][: space.raw.dim]
+
+
+def _expected_world(space: PreprocessedSpace, preprocessed) -> np.ndarray:
+    index = _raw_itk_index(space, preprocessed)
+    return np.array(_raw_image(space.raw).TransformContinuousIndexToPhysicalPoint(index))
+
+
 def _world_error(decoded: DecodedPoints, space: PreprocessedSpace, expected: dict) -> float:
-    """Largest world distance between decoded and expected ``{(structure, poi): preprocessed position}``."""
+    """Largest world distance between decoded and expected ``{(structure, poi): preprocessed position}``,
+    the expectation being SimpleITK's world point of the raw voxel that position was resampled from."""
     pois = decoded.to_world(space)
     assert set(pois.keys()) == set(expected)
     worst = 0.0
     for p in pois:
-        truth = space.preprocessed_to_world(np.asarray(expected[p.key], float))
+        truth = _expected_world(space, expected[p.key])
         worst = max(worst, float(np.linalg.norm(np.asarray(p.position) - truth)))
     return worst
 
@@ -162,13 +194,17 @@ def test_structure_margin_is_three_sigma_plus_two_voxels() -> None:
 
 def test_points_past_the_border_move_onto_it_or_are_not_found() -> None:
     space = _space_2d()  # preprocessed y has 52 voxels for 40 raw voxels of 1.3 mm
-    rows = [[0, 10.0, 10.0], [0, -6.0, 10.0], [0, -1.0, 10.0]]  # inside; 4 raw voxels out; 0.3 raw voxels out
+    rows = [[0, 10.0, 10.0], [0, -6.0, 10.0], [0, -1.0, 10.0]]  # inside; 4.2 raw voxels out; 0.38 raw voxels out
     decoded = DecodedPoints(np.array([0, 0, 0]), np.array([1, 2, 3]), np.array(rows), np.array([0.9, 0.9, 0.9]))
     pois = decoded.to_world(space)
     assert [p.poi for p in pois] == [1, 3]
     assert all(space.raw.contains_world(p.position) for p in pois)
-    np.testing.assert_allclose(pois.positions()[0], space.preprocessed_to_world(np.array(rows[0]))[:2])
-    np.testing.assert_allclose(space.raw.world_to_index(pois.positions()[1])[1], -0.5, atol=1e-5)
+    np.testing.assert_allclose(pois.positions()[0], _expected_world(space, rows[0]), atol=1e-9)
+    image = _raw_image(space.raw)
+    # 0.38 raw voxels past the top edge (index -0.5) is moved onto it; x is left alone
+    moved = image.TransformPhysicalPointToContinuousIndex(tuple(pois.positions()[1]))
+    np.testing.assert_allclose(moved, [_raw_itk_index(space, rows[2])[0], -0.5], atol=1e-5)
+    assert _raw_itk_index(space, rows[2])[1] == pytest.approx(-0.5 * 40 / 52 - 0.5)  # hand-computed
 
 
 def test_structure_mode_needs_a_segmentation() -> None:
