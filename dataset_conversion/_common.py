@@ -13,10 +13,11 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from poi_nnunet.cli.convert import add_output_arguments, output_folder
 from poi_nnunet.errors import InvalidInputError, PathLike, PoiNnunetError, Problem
 from poi_nnunet.geometry import ImageGeometry
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
+
+from ._output import add_output_arguments, output_folder
 
 # Pixel coordinate conventions -> offset to subtract to get ITK's continuous index,
 # in which the first pixel's centre is 0.

@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Tuple
 from poi_nnunet.errors import Problem
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData
+from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._common import (PIXEL_CONVENTIONS, add_common_arguments, case_ids, fail, pixel_to_world, raise_if,
                       world_inside, write_dataset)

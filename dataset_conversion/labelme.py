@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from poi_nnunet.errors import InvalidInputError, Problem
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData
+from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._common import (PIXEL_CONVENTIONS, add_common_arguments, case_ids, fail, pixel_to_world,
                       poi_ids_from_labels, raise_if, write_dataset)

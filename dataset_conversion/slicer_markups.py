@@ -39,7 +39,7 @@ from poi_nnunet.errors import InvalidInputError, Problem
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.markups import MarkupPoint, read_markups
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData
+from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._common import add_common_arguments, case_ids, fail, poi_ids_from_labels, raise_if, world_inside, write_dataset
 from ._images import IMAGE_SUFFIXES, Spacing, parse_spacing, read_image, strip_image_suffix

@@ -13,6 +13,8 @@ import numpy as np
 
 from poi_nnunet.errors import PoiNnunetError
 
+from ._output import add_output_arguments
+
 
 def case_seed(dataset_seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for case ``index`` of a dataset generated with ``dataset_seed``."""
@@ -46,8 +48,6 @@ def float32_exact(values: Sequence[float]) -> np.ndarray:
 def add_synthetic_arguments(parser: argparse.ArgumentParser, default_cases: int, default_shape: Sequence[int],
                             shape_axes: str) -> None:
     """--cases, --test-cases, --seed and --shape, plus the usual -d/-n/-o/--overwrite."""
-    from poi_nnunet.cli.convert import add_output_arguments  # the CLI module imports converters lazily
-
     add_output_arguments(parser)
     parser.add_argument("--cases", type=int, default=default_cases,
                         help=f"number of training cases (default {default_cases})")

@@ -41,8 +41,9 @@ from poi_nnunet.atomic import atomic_write_text
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
+from ._output import output_folder
 from ._tptbox_names import left_right_pairs, poi_names, structure_labels
 from .synthetic_common import (add_synthetic_arguments, check_shape, child_generators, float32_exact,
                                planned_cases)
@@ -374,8 +375,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from poi_nnunet.cli.convert import output_folder
-
     return write_spine_dataset(output_folder(args), num_cases=args.cases, seed=args.seed, num_test=args.test_cases,
                                displaced_pois=args.displaced_pois, overwrite=args.overwrite, shape=tuple(args.shape),
                                num_vertebrae=args.vertebrae)

@@ -35,8 +35,9 @@ from scipy import ndimage
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
+from ._output import output_folder
 from .synthetic_common import add_synthetic_arguments, check_shape, child_generators, float32_exact, planned_cases
 from .synthetic_contours import closed_spline, equally_spaced, fourier_perturbation, polygon_occupancy
 
@@ -263,7 +264,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Path:
-    from poi_nnunet.cli.convert import output_folder
-
     return write_xray_dataset(output_folder(args), num_cases=args.cases, seed=args.seed, num_test=args.test_cases,
                               overwrite=args.overwrite, shape=tuple(args.shape))

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
-from poi_nnunet.cli.convert import add_output_arguments, output_folder
 from poi_nnunet.errors import InvalidInputError, Problem
 from poi_nnunet.geometry import ImageGeometry
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
 from ._common import add_cases
 from ._images import read_image
 from ._masks import read_mask
+from ._output import add_output_arguments, output_folder
 from ._point_checks import checked_pois, structures_missing_from_mask
 from ._tptbox_names import left_right_pairs, location_name, structure_labels, structure_name
 from ._verse_format import read_verse_centroids, split_label

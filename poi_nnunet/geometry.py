@@ -19,7 +19,6 @@ float64 precision; nothing here rounds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence, Tuple, Union
 
 import numpy as np
@@ -165,12 +164,6 @@ class ImageGeometry:
             if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-4):
                 parts.append(f"{name} {np.round(a, 4).ravel().tolist()} vs {np.round(b, 4).ravel().tolist()}")
         return "; ".join(parts)
-
-
-def geometry_of(image_or_path: Union[sitk.Image, PathLike]) -> ImageGeometry:
-    if isinstance(image_or_path, sitk.Image):
-        return ImageGeometry.from_image(image_or_path)
-    return ImageGeometry.from_file(Path(image_or_path))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -243,11 +243,6 @@ def _floats(values: Sequence[str]) -> Optional[List[float]]:
 
 
 # ---------------------------------------------------------------------------- either format
-def is_markups_file(path: PathLike) -> bool:
-    name = Path(path).name.lower()
-    return name.endswith(".mrk.json") or name.endswith(".fcsv")
-
-
 def read_markups(path: PathLike) -> List[MarkupPoint]:
     """Read ``.mrk.json`` or ``.fcsv``, chosen by the file name."""
     if Path(path).name.lower().endswith(".fcsv"):

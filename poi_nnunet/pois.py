@@ -2,7 +2,7 @@
 
 This module owns the file syntax only: what a POI file must look like on its
 own. Rules that need the dataset (known POI ids, existing labels, the image's
-extent) live in :mod:`poi_nnunet.validation`.
+extent) live in :mod:`poi_nnunet.raw_format_checks`.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Tiny datasets built through the real writer, for tests that need a valid starting point."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,7 @@ import SimpleITK as sitk
 
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
 
 def tiny_case(case_id: str, seed: int, dim: int = 3, channels: int = 1, with_label: bool = True) -> CaseData:
@@ -47,4 +48,26 @@ def write_tiny_dataset(root: Path, name: str = "Dataset990_Tiny", cases: int = 2
     with DatasetWriter(target, channel_names, labels, pois={1: "tip", 2: "corner"}, validate=validate) as writer:
         for i in range(cases):
             writer.add_case(tiny_case(f"case_{i:03d}", seed=i, dim=dim, channels=channels, with_label=with_label))
+    return target
+
+
+def write_verse_ids_dataset(root: Path, name: str = "Dataset996_VerseIds", cases: int = 2) -> Path:
+    """A 3D dataset labelled with VerSe ids as-is: ``{"background": 0, "L1": 20, "L2": 21}``, nothing below.
+
+    nnU-Net rejects such labels only when training (values must be 0, 1, 2,
+    ...), so the writer's own check is skipped to get it onto disk.
+    """
+    target = root / name
+    with DatasetWriter(target, {"0": "CT"}, {"background": 0, "L1": 20, "L2": 21}, pois={1: "tip", 2: "corner"},
+                       validate=False) as writer:
+        for i in range(cases):
+            case = tiny_case(f"case_{i:03d}", seed=i)
+            arr = sitk.GetArrayFromImage(case.label)
+            arr[arr == 1] = 20
+            arr[:2, :2, :2] = 21
+            label = sitk.GetImageFromArray(arr)
+            label.CopyInformation(case.label)
+            case.label = label
+            case.pois.points = [replace(p, structure=20) for p in case.pois.points]
+            writer.add_case(case)
     return target

@@ -15,7 +15,7 @@ from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.markups import write_fcsv, write_markups_json
 from poi_nnunet.pois import Poi, PoiSet, read_poi_file
 from poi_nnunet.raw_dataset import RawDataset
-from poi_nnunet.validation import validate_raw_dataset
+from poi_nnunet.raw_format_checks import validate_raw_dataset
 
 
 def convert(*argv: str) -> Path:

@@ -16,7 +16,8 @@ from dataset_conversion.synthetic_xray import make_xray_case, write_xray_dataset
 from poi_nnunet.cli.plan_and_preprocess import main
 from poi_nnunet.pois import Poi, PoiSet, read_poi_file
 from poi_nnunet.preprocessing import load_preprocessed_pois
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter, RawDataset
+from poi_nnunet.raw_dataset import RawDataset
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
 SPINE, XRAY, LANDMARKS = "Dataset501_Spine", "Dataset502_Xray", "Dataset503_XrayLandmarks"
 ARGS = ["-c", "2d", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"]

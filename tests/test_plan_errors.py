@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from poi_nnunet.cli.plan_and_preprocess import main
-from tests.factories import write_tiny_dataset
+from tests.factories import write_tiny_dataset, write_verse_ids_dataset
 
 FAST = ["-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"]
 
@@ -32,6 +32,16 @@ def test_pois_on_a_label_that_does_not_exist(nnunet_folders, capsys) -> None:
     assert main(["-d", "991"] + FAST) == 2
     err = capsys.readouterr().err
     assert "case_001.json" in err and "structure 7 is not a label" in err
+    assert _preprocessed_entries(nnunet_folders["preprocessed"]) == []
+
+
+def test_label_values_with_gaps_stop_before_planning(nnunet_folders, capsys) -> None:
+    """{0, 20, 21} (VerSe ids) would plan, then crash nnU-Net's Dice loss in training: stop at validation."""
+    folder = write_verse_ids_dataset(nnunet_folders["raw"], "Dataset996_VerseIds")
+    assert main(["-d", "996"] + FAST) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'dataset.json'}: 'labels' values must be consecutive" in err
+    assert "1-19 are missing" in err and "Traceback" not in err
     assert _preprocessed_entries(nnunet_folders["preprocessed"]) == []
 
 

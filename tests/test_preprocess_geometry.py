@@ -14,7 +14,7 @@ from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
 from poi_nnunet.pois import Poi, PoiSet
 from poi_nnunet.preprocessing import load_preprocessed_pois
 from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
 
 def _rotation(axis, angle: float) -> np.ndarray:

@@ -9,7 +9,8 @@ import pytest
 
 from poi_nnunet.errors import InvalidInputError, PoiNnunetError
 from poi_nnunet.pois import Poi, PoiSet, read_poi_file, write_poi_file
-from poi_nnunet.raw_dataset import CaseData, DatasetWriter, RawDataset, resolve_raw_dataset
+from poi_nnunet.raw_dataset import RawDataset, resolve_raw_dataset
+from poi_nnunet.raw_dataset_writer import DatasetWriter
 from tests.factories import tiny_case, write_tiny_dataset
 
 

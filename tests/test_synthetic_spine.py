@@ -16,7 +16,7 @@ from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import read_poi_file
 from poi_nnunet.raw_dataset import RawDataset
-from poi_nnunet.validation import validate_raw_dataset
+from poi_nnunet.raw_format_checks import validate_raw_dataset
 
 TINY = (32, 32, 32)
 

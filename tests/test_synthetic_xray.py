@@ -12,7 +12,7 @@ from dataset_conversion.synthetic_xray import STRUCTURES, make_xray_case, write_
 from poi_nnunet.cli.convert import main as poi_convert
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.raw_dataset import RawDataset
-from poi_nnunet.validation import validate_raw_dataset
+from poi_nnunet.raw_format_checks import validate_raw_dataset
 
 TINY = (64, 64)
 

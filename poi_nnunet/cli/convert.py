@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import PoiNnunetError
-from ..raw_dataset import dataset_folder_name
-from ..validation import validate_raw_dataset
+from ..raw_format_checks import validate_raw_dataset
 from .common import reports_user_errors
 
 # subcommand -> module in dataset_conversion
@@ -27,23 +23,6 @@ CONVERTERS = {
     "synthetic-spine": "dataset_conversion.synthetic_spine",
     "synthetic-xray": "dataset_conversion.synthetic_xray",
 }
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where a converter writes: ``<raw root>/DatasetNNN_<name>``."""
-    parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id (1-999), e.g. 501")
-    parser.add_argument("-n", "--name", required=True, help="dataset name, e.g. Spine (gives Dataset501_Spine)")
-    parser.add_argument("-o", "--output-root", default=None,
-                        help="raw data root to write into (default: $nnUNet_raw)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing dataset of that name (only once the new one is complete)")
-
-
-def output_folder(args: argparse.Namespace) -> Path:
-    root = args.output_root or os.environ.get("nnUNet_raw")
-    if not root:
-        raise PoiNnunetError("no output folder: pass -o/--output-root or set nnUNet_raw")
-    return Path(root) / dataset_folder_name(args.dataset_id, args.name)
 
 
 def build_parser() -> argparse.ArgumentParser:

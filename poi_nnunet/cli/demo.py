@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence
 
 from ..pois import read_poi_file
 from ..raw_dataset import RawDataset, dataset_folder_name
-from ..validation import check_raw_dataset
+from ..raw_format_checks import check_raw_dataset
 from .common import reports_user_errors
 
 SPINE_ID, SPINE_NAME = 501, "SyntheticSpine"

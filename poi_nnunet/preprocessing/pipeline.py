@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..atomic import atomic_write_text
 from ..errors import PathLike, PoiNnunetError
 from ..raw_dataset import RawDataset, raw_root, resolve_raw_dataset
-from ..validation import check_raw_dataset
+from ..raw_format_checks import check_raw_dataset
 from .landmark_only import point_preprocessor_at_labels, write_constant_labels
 from .staging import check_writable, preprocessed_root, publish, staged_preprocessed
 

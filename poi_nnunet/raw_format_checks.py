@@ -7,9 +7,8 @@ planning) run it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, List, Optional, Sequence, Set
 
 import numpy as np
 import SimpleITK as sitk
@@ -63,11 +62,19 @@ def _check_dataset_json(ds: RawDataset) -> List[Problem]:
     if not isinstance(labels, dict) or labels.get("background") != 0:
         out.append(Problem(f, "fatal: 'labels' must be an object with \"background\": 0"))
         return out
-    ints = {k: v for k, v in labels.items() if isinstance(v, int) and not isinstance(v, bool)}
+    not_values = {k: v for k, v in labels.items() if not (_is_label_value(v) or _is_region(v))}
+    if not_values:
+        out.append(Problem(f, f"fatal: 'labels' values must be integers >= 0 (or, for a region, a list of them), "
+                              f"got {not_values}"))
+        return out
+    if "ignore" in labels and not _is_label_value(labels["ignore"]):
+        out.append(Problem(f, "the 'ignore' label must be one integer, not a region (nnU-Net's rule)"))
+    ints = {k: v for k, v in labels.items() if _is_label_value(v)}
     if len(set(ints.values())) != len(ints):
         out.append(Problem(f, "'labels' assigns one value to several names"))
     if "ignore" in labels and ints and labels["ignore"] != max(ints.values()):
         out.append(Problem(f, "the 'ignore' label must have the highest label value (nnU-Net's rule)"))
+    out += _check_consecutive(f, ds.label_values())
     if not isinstance(meta["numTraining"], int):
         out.append(Problem(f, "'numTraining' must be an integer"))
 
@@ -83,6 +90,45 @@ def _check_dataset_json(ds: RawDataset) -> List[Problem]:
     out += _check_pairs(f, meta.get("poi_mirror_pairs"), "poi_mirror_pairs", poi_ids, "POI id")
     out += _check_pairs(f, meta.get("structure_mirror_pairs"), "structure_mirror_pairs", set(ds.label_values()), "label")
     return out
+
+
+def _is_label_value(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_region(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_label_value(x) for x in v)
+
+
+def _check_consecutive(f: str, values: Sequence[int]) -> List[Problem]:
+    """nnU-Net needs the declared values (region members and 'ignore' included) to be exactly 0..highest.
+
+    Its planner accepts gaps, but training then indexes one output channel per
+    value up to the highest and fails inside the loss, long after planning.
+    """
+    declared = set(values)
+    missing = sorted(set(range(max(declared, default=0) + 1)) - declared)
+    if not missing:
+        return []
+    first, verb = missing[0], "is" if len(missing) == 1 else "are"
+    return [Problem(f, f"'labels' values must be consecutive integers from 0 (nnU-Net's rule; training fails "
+                       f"otherwise), but {_ranges(missing)} {verb} missing below the highest value, {max(declared)}. "
+                       f"Declare every value from 0 to the highest, values that no segmentation uses included "
+                       f"(e.g. \"label_{first}\": {first}), as poi_convert's converters do")]
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: List[str] = []
+    start = prev = values[0]
+    for v in list(values[1:]) + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)
 
 
 def _check_pairs(f: str, pairs: Any, key: str, known: Set[int], what: str) -> List[Problem]:

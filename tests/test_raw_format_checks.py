@@ -13,8 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from poi_nnunet.cli.convert import main as convert_main
-from poi_nnunet.validation import validate_raw_dataset
-from tests.factories import write_tiny_dataset
+from poi_nnunet.errors import InvalidInputError
+from poi_nnunet.raw_dataset_writer import DatasetWriter
+from poi_nnunet.raw_format_checks import validate_raw_dataset
+from tests.factories import tiny_case, write_tiny_dataset, write_verse_ids_dataset
 
 
 @pytest.fixture
@@ -95,6 +97,52 @@ def test_undeclared_label_value(dataset: Path) -> None:
     out.CopyInformation(img)
     sitk.WriteImage(out, str(path))
     assert any("case_000.nii.gz: label value(s) [5] not declared" in m for m in _messages(dataset))
+
+
+def test_label_values_with_gaps_are_one_problem_naming_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """VerSe ids used as-is (L1 = 20, L2 = 21): nnU-Net plans them, then training fails inside the Dice loss."""
+    folder = write_verse_ids_dataset(tmp_path)
+    msgs = _messages(folder)
+    assert len(msgs) == 1, msgs
+    assert msgs[0].startswith(str(folder / "dataset.json") + ":")
+    assert "1-19 are missing" in msgs[0] and "consecutive" in msgs[0]
+    assert "Declare every value from 0 to the highest" in msgs[0] and "as poi_convert's converters do" in msgs[0]
+    assert convert_main(["validate", str(folder)]) == 1
+    assert "dataset.json" in capsys.readouterr().err
+
+
+def test_writer_does_not_publish_label_values_with_gaps(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="1-19 are missing"):
+        with DatasetWriter(tmp_path / "Dataset997_Gaps", {"0": "CT"}, {"background": 0, "L1": 20, "L2": 21},
+                           pois={1: "tip", 2: "corner"}) as w:
+            w.add_case(tiny_case("case_000", seed=0, with_label=False))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("labels, missing", [
+    ({"background": 0, "box": 1, "ignore": 2}, None),
+    ({"background": 0, "box": 1, "other": 2, "both": [1, 2]}, None),  # a region: its members count
+    ({"background": 0, "box": 1, "ignore": 4}, "2-3 are missing"),
+    ({"background": 0, "box": 1, "far": [1, 5]}, "2-4 are missing"),
+    ({"background": 0, "box": 1, "b": 3, "c": 5}, "2, 4 are missing"),
+])
+def test_consecutive_labels_count_regions_and_ignore(dataset: Path, labels: dict, missing) -> None:
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["labels"] = labels
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    gaps = [m for m in _messages(dataset) if "consecutive" in m]
+    if missing is None:
+        assert gaps == []
+    else:
+        assert len(gaps) == 1 and missing in gaps[0] and "dataset.json" in gaps[0]
+
+
+def test_label_value_that_is_not_an_integer(dataset: Path) -> None:
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["labels"]["box"] = "one"
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+    msgs = _messages(dataset)
+    assert len(msgs) == 1 and "dataset.json" in msgs[0] and "must be integers >= 0" in msgs[0]
 
 
 def test_poi_outside_image(dataset: Path) -> None:
