@@ -83,9 +83,25 @@ def _case(name: str) -> Tuple[CaseData, Dict[int, Tuple[int, int, int]]]:
     image.SetDirection(tuple(np.asarray(direction).ravel()))
     lab = sitk.GetImageFromArray(label)
     lab.CopyInformation(image)
-    geo = ImageGeometry.from_image(image)
-    points = [Poi(1, i + 1, tuple(geo.index_to_world(np.array(idx, float)))) for i, idx in enumerate(POI_INDICES)]
-    return CaseData(name, [image], lab, PoiSet(points)), {}
+    indices = {i + 1: idx for i, idx in enumerate(POI_INDICES)}
+    # world positions from SimpleITK, not from the project's ImageGeometry
+    points = [Poi(1, poi, image.TransformIndexToPhysicalPoint(idx)) for poi, idx in indices.items()]
+    return CaseData(name, [image], lab, PoiSet(points)), indices
+
+
+# nnU-Net crops to the non-zero body arr[3:-3, 4:-4, 2:-2] (z, y, x), then transposes (2, 0, 1): x, z, y
+CROP_BOX = ((2, SHAPE_ZYX[2] - 2), (3, SHAPE_ZYX[0] - 3), (4, SHAPE_ZYX[1] - 4))
+
+
+def _hand_mapped(index_xyz, shape_after_resampling) -> np.ndarray:
+    """Where ITK voxel ``index_xyz`` lands in the preprocessed array, by hand: nnU-Net's array is
+    (z, y, x), transposed to (x, z, y), cropped to ``CROP_BOX``, resampled with voxel edges aligned
+    (cropped index ``c`` of ``n`` voxels goes to ``(c + 0.5) * new / n - 0.5``)."""
+    x, y, z = index_xyz
+    out = []
+    for value, (lo, hi), new in zip((x, z, y), CROP_BOX, shape_after_resampling):
+        out.append((value - lo + 0.5) * new / (hi - lo) - 0.5)
+    return np.array(out)
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +138,18 @@ def test_bright_voxel_lands_on_the_mapped_poi(preprocessed: Path, config: str) -
     folder = preprocessed / f"poiPlans_{config}"
     for case in CASES:
         pois = load_preprocessed_pois(folder, case)
+        indices = _case(case)[1]
         assert pois.space.transpose_forward == (2, 0, 1)
+        assert pois.space.bbox == CROP_BOX
         data = blosc2.open(str(folder / f"{case}.b2nd"), mode="r")[0]
         assert pois.space.shape_after_resampling == data.shape
-        for position in pois.positions:
-            found = _bright_centroid(np.asarray(data), position)
-            assert np.max(np.abs(found - position)) <= 0.5, (config, case, found, position)
+        assert sorted(indices) == sorted(int(p) for p in pois.pois)
+        for poi, position in zip(pois.pois, pois.positions):
+            expected = _hand_mapped(indices[int(poi)], data.shape)
+            np.testing.assert_allclose(position, expected, atol=1e-6, err_msg=f"{config} {case} POI {poi}")
+            # and nnU-Net's own resampling put that POI's bright voxel there
+            found = _bright_centroid(np.asarray(data), expected)
+            assert np.max(np.abs(found - expected)) <= 0.5, (config, case, poi, found, expected)
 
 
 def test_round_trip_through_saved_space_on_every_case(preprocessed: Path) -> None:
