@@ -8,24 +8,26 @@ of them for a ``2d`` configuration (the same axes as its ``patch_size`` and
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
+
+from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
 
 from .cleaning import MIN_VOXEL_DIAGONALS
 
-POI_BLOCK_VERSION = 1
-STRUCTURE_MODE = "structure_with_neighbours"
-WHOLE_IMAGE_MODE = "whole_image"
+POI_BLOCK_VERSION = 2
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
 CROP_PERCENTILE = 95
 CROP_MARGIN = 1.1  # 10% room for augmentation shifts and rotations
 REFINE_DIVISOR = 8  # three 2x poolings in the refinement network
 SIGMA_FLOOR_VOXELS = 2.0  # see heatmap_sigma_mm
-CONTEXT_SIGMAS = 3.0  # a heatmap's support; beyond 3 sigma it is below 1.2% of its peak
+PEAK_SUPPORT_SIGMAS = 3.0  # a heatmap's support; beyond 3 sigma it is below 1.2% of its peak
+HEATMAP_AMPLITUDE = 10.0  # target peak height: squared error scales with amplitude^2 (see MaskedHeatmapLoss)
+ELASTIC_FRACTION_OF_CROP = 0.05  # largest elastic displacement: 5% of the crop's smallest side ...
+ELASTIC_MIN_VOXELS = 3.0  # ... but at least three voxels (see elastic_magnitude_voxels)
+ELASTIC_SCALE = (0.1, 0.2)  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
 
 
 def fingerprint_axes(transpose_forward: Sequence[int], n_config_axes: int, raw_dim: int) -> List[int]:
@@ -45,7 +47,7 @@ def crop_mode(summary: Dict[str, Any]) -> str:
     """
     on_zero = "0" in summary["structures"]
     shared = summary["shared_poi_fraction"] >= SHARED_POI_FRACTION_FOR_STRUCTURE_MODE
-    return STRUCTURE_MODE if shared and not on_zero else WHOLE_IMAGE_MODE
+    return STRUCTURE_MODE if shared and not on_zero else WHOLE_IMAGE
 
 
 def crop_size_mm(fingerprint: Dict[str, Any], mode: str) -> np.ndarray:
@@ -108,9 +110,23 @@ def refine_patch_size(sigma_mm: float, coarse: np.ndarray, spacing: np.ndarray, 
     One coarse voxel bounds the coarse stage's error; 3 sigma is the heatmap's support. Rounded up
     to the network's divisor, never larger than the configuration's own patch.
     """
-    extent = 2 * (CONTEXT_SIGMAS * sigma_mm + coarse)
+    extent = 2 * (PEAK_SUPPORT_SIGMAS * sigma_mm + coarse)
     voxels = np.ceil(extent / spacing / divisor) * divisor
     return [int(v) for v in np.minimum(np.maximum(voxels, divisor), patch_size)]
+
+
+def elastic_magnitude_voxels(crop_mm: np.ndarray, spacing: np.ndarray, patch_size: np.ndarray) -> List[float]:
+    """Range of the elastic deformation's largest displacement, in voxels: ``[M / 2, M]``.
+
+    ``M`` is 5% of the smallest side of what a sample shows (the crop, or the patch where the crop is
+    larger), at least three voxels: shape variation of that order is what registration-like
+    augmentation should add (seed 000), while batchgeneratorsv2's default of 0.2 voxel moves nothing.
+    With the field smoothed over a tenth to a fifth of the patch (:data:`ELASTIC_SCALE`) such fields
+    stay almost everywhere fold-free; points caught in a fold are masked by the loader.
+    """
+    shown = np.minimum(crop_mm / spacing, patch_size)
+    top = max(ELASTIC_MIN_VOXELS, ELASTIC_FRACTION_OF_CROP * float(shown.min()))
+    return [round(top / 2, 3), round(top, 3)]
 
 
 def poi_channels(summary: Dict[str, Any], mode: str, names: Dict[str, str]) -> List[Dict[str, Any]]:
@@ -121,57 +137,6 @@ def poi_channels(summary: Dict[str, Any], mode: str, names: Dict[str, str]) -> L
     return [{"structure": s, "poi": p, "name": names.get(str(p), str(p))} for s, p in pairs]
 
 
-def fields_of_view(fingerprint: Dict[str, Any], mode: str, crop_cfg: np.ndarray, axes: List[int],
-                   spacing: np.ndarray, patch_size: np.ndarray, margin_mm: np.ndarray) -> List[Dict[str, Any]]:
-    """Boxes to train at full resolution.
-
-    Structure mode: the structure crop. Whole-image mode: the whole image when it fits the patch at
-    full resolution; otherwise the POIs are clustered by their median position (single linkage,
-    cut at half the patch's smallest side: groups farther apart than that would waste a patch on
-    the empty space between them) and each group gets a box covering its POIs in 95% of cases plus
-    ``3 sigma + one coarse voxel`` on each side (the coarse stage's error and the heatmap's support).
-    """
-    patch_mm = spacing * patch_size
-    summary = fingerprint["summary"]
-    all_pairs = sorted(summary["pairs"], key=lambda k: tuple(int(x) for x in k.split(":")))
-    if mode == STRUCTURE_MODE:
-        return [_fov("structure_crop", None, crop_cfg, patch_mm)]
-    if np.all(crop_cfg <= patch_mm) or not all_pairs:
-        return [_fov("whole_image", None, crop_cfg, patch_mm)]
-    centres = np.array([summary["pairs"][k]["median_grid_mm"] for k in all_pairs])[:, axes]
-    if len(all_pairs) > 1:
-        groups = fcluster(linkage(centres, method="single"), t=0.5 * float(patch_mm.min()), criterion="distance")
-    else:
-        groups = np.ones(1, dtype=int)
-    out = []
-    for g in sorted(set(groups.tolist()), key=lambda g: tuple(centres[groups == g].mean(axis=0))):
-        members = [all_pairs[i] for i in np.flatnonzero(groups == g)]
-        size = _group_spread(fingerprint["cases"], set(members), axes) + 2 * margin_mm
-        out.append(_fov(f"fov_{len(out)}", members, size, patch_mm))
-    return out
-
-
-def _group_spread(cases, members: set, axes: List[int]) -> np.ndarray:
-    spreads = []
-    for c in cases:
-        pts = np.array([p["grid_mm"] for p in c["points"] if f"{p['structure']}:{p['poi']}" in members])
-        if len(pts):
-            pts = pts[:, axes]
-            spreads.append(pts.max(axis=0) - pts.min(axis=0))
-    return np.percentile(np.array(spreads), CROP_PERCENTILE, axis=0)
-
-
-def _fov(name: str, members, size_mm: np.ndarray, patch_mm: np.ndarray) -> Dict[str, Any]:
-    return {
-        "name": name,
-        "pois": None if members is None else [[int(x) for x in m.split(":")] for m in members],
-        "centre": "structure_centre" if name == "structure_crop" else
-                  ("image_centre" if members is None else "centroid_of_pois"),
-        "size_mm": [round(float(v), 3) for v in size_mm],
-        "fits_patch_at_full_resolution": bool(np.all(size_mm <= patch_mm + 1e-6)),
-    }
-
-
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
               thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str]) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
@@ -179,17 +144,17 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     Keys (vectors in the configuration's axes, see the module docstring):
 
     * ``crop_mode``: ``structure_with_neighbours`` (one sample = one structure, centred, with its
-      neighbours in view) or ``whole_image``; ``crop_size_mm``: what a sample must cover.
+      neighbours in view) or ``whole_image``; ``crop_size_mm``: what a sample must cover (structure mode:
+      the loaders keep it in view when they shift the crop centre).
     * ``heatmap_sigma_mm`` / ``heatmap_sigma_voxels``: Gaussian target width; ``poi_separation_mm``
       the separation it was derived from; ``peaks_separable``: whether sigma stayed at or below
       separation / 2.5 (neighbouring peaks overlap by less than exp(-3.1)).
-    * ``coarse_spacing``: spacing of the coarse stage, at which the crop fits the patch;
-      ``coarse_patch_size``: the crop in voxels at that spacing; ``coarse_to_fine``: whether that
-      spacing is coarser than the configuration's.
-    * ``refine_patch_size``: voxels, at the configuration's spacing, around each coarse estimate.
-    * ``fields_of_view``: boxes to train at full resolution, each with ``pois`` (``[structure, poi]``
-      pairs or ``None`` for all), ``centre`` (``structure_centre``, ``image_centre`` or
-      ``centroid_of_pois``), ``size_mm`` and ``fits_patch_at_full_resolution``.
+    * ``heatmap_amplitude``: the target's peak height; ``peak_support_sigmas``: how many sigmas a peak
+      reaches (rendering, decoding and the refinement patch all use it).
+    * ``refine_patch_size``: voxels, at the configuration's spacing, around each coarse estimate
+      (sized for the coarse error at the spacing where the crop fits the patch).
+    * ``elastic_magnitude_voxels`` / ``elastic_scale``: elastic deformation ranges for methods that
+      deform (see :func:`elastic_magnitude_voxels`).
     * ``poi_channels``: output channel order, ``{"structure": int or None, "poi": int, "name": str}``.
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
@@ -205,7 +170,6 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     sigma = heatmap_sigma_mm(separation, spacing)
     coarse = coarse_spacing(crop, spacing, patch)
     div = divisors(configuration["architecture"]["arch_kwargs"]["strides"], len(spacing))
-    margin = CONTEXT_SIGMAS * sigma + coarse
     fraction = summary["poi_bearing_fraction"]
     return {
         "version": POI_BLOCK_VERSION,
@@ -216,11 +180,11 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         "heatmap_sigma_voxels": _r(sigma / spacing),
         "poi_separation_mm": round(separation, 4),
         "peaks_separable": bool(separation >= 2.5 * sigma - 1e-9),
-        "coarse_spacing": _r(coarse),
-        "coarse_patch_size": [int(math.ceil(c - 1e-6)) for c in np.minimum(crop / coarse, patch)],
-        "coarse_to_fine": bool(np.any(coarse > spacing * (1 + 1e-6))),
+        "heatmap_amplitude": HEATMAP_AMPLITUDE,
+        "peak_support_sigmas": PEAK_SUPPORT_SIGMAS,
         "refine_patch_size": refine_patch_size(sigma, coarse, spacing, patch, div),
-        "fields_of_view": fields_of_view(fingerprint, mode, crop, axes, spacing, patch, margin),
+        "elastic_magnitude_voxels": elastic_magnitude_voxels(crop, spacing, patch),
+        "elastic_scale": list(ELASTIC_SCALE),
         "poi_bearing_fraction": None if fraction is None else round(fraction["p50"], 4),
         "poi_channels": poi_channels(summary, mode, names),
         "cleaning": {"max_surface_distance_mm": {k: round(v, 3) for k, v in thresholds.items()},

@@ -18,14 +18,12 @@ makes mirror-pair swaps a fixed permutation of slots.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .augmentation import mirror_slot_permutation
-
-WHOLE_IMAGE = "whole_image"
-STRUCTURE_MODE = "structure_with_neighbours"
+from .plan import STRUCTURE_MODE, WHOLE_IMAGE, PoiPlan
 
 
 @dataclass(frozen=True)
@@ -37,18 +35,20 @@ class ChannelLayout:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_poi_block(cls, poi_block: Mapping[str, Any], dataset_json: Mapping[str, Any]) -> "ChannelLayout":
-        mode = poi_block["crop_mode"]
-        channels = poi_block["poi_channels"]
+    def from_plan(cls, plan: PoiPlan, dataset_json: Mapping[str, Any]) -> "ChannelLayout":
+        return cls.from_channels(plan.crop_mode, plan.poi_channels, dataset_json)
+
+    @classmethod
+    def from_channels(cls, mode: str, channels: Sequence[Mapping[str, Any]],
+                      dataset_json: Mapping[str, Any]) -> "ChannelLayout":
+        """The layout of a crop mode and the plans' ``poi_channels`` list."""
         names = tuple(str(c["name"]) for c in channels)
         if mode == STRUCTURE_MODE:
             keys = tuple((-1, int(c["poi"])) for c in channels)
             layers = tuple(structure_labels(dataset_json))
-        elif mode == WHOLE_IMAGE:
+        else:
             keys = tuple((int(c["structure"]), int(c["poi"])) for c in channels)
             layers = (-1,)
-        else:
-            raise ValueError(f"unknown crop mode {mode!r} in the plans' poi block")
         return cls(mode, keys, names, layers)
 
     # ------------------------------------------------------------------ sizes
@@ -74,9 +74,6 @@ class ChannelLayout:
     def slot_index(self) -> Dict[Tuple[int, int], int]:
         return {k: i for i, k in enumerate(self.slot_keys())}
 
-    def slot_structures(self) -> np.ndarray:
-        return np.array([k[0] for k in self.slot_keys()], dtype=np.int64)
-
     def mirror_permutation(self, poi_pairs: Sequence[Sequence[int]],
                            structure_pairs: Sequence[Sequence[int]]) -> np.ndarray:
         """Slot permutation for a left-right flip (see :func:`mirror_slot_permutation`)."""
@@ -85,6 +82,16 @@ class ChannelLayout:
         if not pairs and not structures:
             return np.arange(self.num_slots)
         return mirror_slot_permutation(self.slot_keys(), pairs, structures)
+
+    def layer_permutation(self, structure_pairs: Sequence[Sequence[int]]) -> Optional[np.ndarray]:
+        """Slot-layer permutation for a left-right flip (structure mode), None where no layer moves.
+
+        A flipped left femur looks like a right one: the layer of each structure becomes its partner's.
+        """
+        partner = {int(a): int(b) for a, b in structure_pairs} | {int(b): int(a) for a, b in structure_pairs}
+        index = {label: i for i, label in enumerate(self.layers)}
+        perm = np.array([index.get(partner.get(label, label), i) for i, label in enumerate(self.layers)])
+        return None if np.array_equal(perm, np.arange(len(perm))) else perm
 
     def channel_permutation(self, poi_pairs: Sequence[Sequence[int]],
                             structure_pairs: Sequence[Sequence[int]]) -> np.ndarray:

@@ -11,14 +11,22 @@ A batch gains three entries beside nnU-Net's ``data`` / ``target`` / ``keys``:
 * ``keypoints_inside`` ``(B, S)``: the point lies inside the patch.
 * ``channel_valid`` ``(B, C)``: whether heatmap channel ``c`` may be supervised
   in this sample. A channel is masked when the truth there is unknown: its
-  point is not annotated (whole-image mode), or a structure visible in the
-  patch lacks that POI (structure mode). An unknown target is never replaced
-  by an all-zero one.
+  point is not annotated (whole-image mode), a structure visible in the
+  patch lacks that POI (structure mode), or the point was caught in a fold of
+  the elastic deformation. An unknown target is never replaced by an all-zero one.
+* ``centre_layer`` ``(B,)``: the slot layer of the structure the sample is
+  centred on (structure mode; -1 where nnU-Net's own crop was taken), 0 in
+  whole-image mode. A left-right flip that exchanges paired structures
+  exchanges it too.
+* ``patch_spacing_mm`` ``(B, D)``: how long one patch voxel step is in mm along
+  each patch axis, after the scaling augmentation (the configuration's
+  spacing times the sampled scale).
 
-In structure mode a sample is centred on one annotated structure (with a
-random shift of up to an eighth of the patch), so it shows that structure
-with its neighbours, as seed 000 trains on a vertebra with the one above and
-below.
+In structure mode a sample is centred on one annotated structure (see
+:meth:`PoiDataLoader.crop_centre`), with a random shift of at most
+``centre_shift_voxels`` (:func:`centre_shift_voxels`), so it shows that
+structure with its neighbours, as seed 000 trains on a vertebra with the one
+above and below.
 """
 from __future__ import annotations
 
@@ -31,9 +39,10 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
-from .augmentation.keys import KEYPOINTS, KEYPOINTS_VALID
-from .channels import STRUCTURE_MODE, ChannelLayout
+from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_VOXEL_SCALE
+from .channels import ChannelLayout
 from .geometry import inside_extent
+from .plan import STRUCTURE_MODE, PoiPlan
 from .preprocessing import PreprocessedPois
 
 
@@ -63,13 +72,29 @@ def case_slots(pois: PreprocessedPois, layout: ChannelLayout) -> CaseSlots:
     return CaseSlots(positions)
 
 
+def centre_shift_voxels(plan: PoiPlan, spacing: Sequence[float], patch_size: Sequence[int]) -> np.ndarray:
+    """Largest random shift (voxels, per axis) of a structure-centred crop's centre.
+
+    The slack the patch leaves around the planned crop (``crop_size_mm``: the structure with its
+    neighbours), so a shift never pushes a neighbour out of view; but at least a sixteenth of the
+    patch, so the model also sees crops off the centroid it is given at inference, and at most an
+    eighth.
+    """
+    patch = np.asarray(patch_size, dtype=float)
+    crop = np.asarray(plan.crop_size_mm, dtype=float)[-len(patch):] / np.asarray(spacing, dtype=float)[-len(patch):]
+    return np.clip((patch - crop) / 2, patch / 16, patch / 8)
+
+
 class PoiDataLoader(nnUNetDataLoader):
     """``nnUNetDataLoader`` whose samples carry their POIs through crop and augmentation."""
 
     def __init__(self, data, batch_size: int, patch_size, final_patch_size, label_manager,
                  layout: ChannelLayout, slots: Dict[str, CaseSlots], structure_centred: bool,
+                 spacing: Sequence[float], centre_shift: Optional[Sequence[float]] = None,
                  oversample_foreground_percent: float = 0.0, transforms=None,
                  probabilistic_oversampling: bool = False):
+        """``spacing``: the configuration's (mm, per patch axis); ``centre_shift``: largest shift of a
+        structure-centred crop per axis in voxels (default: an eighth of the final patch)."""
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
                          oversample_foreground_percent=oversample_foreground_percent, sampling_probabilities=None,
                          pad_sides=None, probabilistic_oversampling=probabilistic_oversampling,
@@ -77,35 +102,46 @@ class PoiDataLoader(nnUNetDataLoader):
         self.layout = layout
         self.slots = slots
         self.structure_centred = structure_centred and layout.mode == STRUCTURE_MODE
-        self._layer_of_slot = np.repeat(np.arange(layout.num_layers), layout.num_channels)
         self._layer_labels = np.asarray(layout.layers)
+        self.spacing = np.asarray(spacing, dtype=np.float64)
+        final = np.asarray(final_patch_size, dtype=np.float64)
+        self.centre_shift = final / 8 if centre_shift is None else np.asarray(centre_shift, dtype=np.float64)
 
     # ------------------------------------------------------------------ where to crop
-    def structure_centred_bbox(self, shape: Sequence[int], case: CaseSlots) -> Optional[Tuple[List[int], List[int]]]:
-        """A crop centred on a random annotated structure of the case (None when it has none)."""
+    def crop_centre(self, key: str, case: CaseSlots, layer: int) -> np.ndarray:
+        """Centre (preprocessed voxels, 3 axes) of a crop on structure ``layer``: its annotated POIs' mean."""
+        usable = case.usable.reshape(self.layout.num_layers, self.layout.num_channels)[layer]
+        return case.positions.reshape(self.layout.num_layers, self.layout.num_channels, 3)[layer][usable].mean(axis=0)
+
+    def structure_centred_bbox(self, key: str, shape: Sequence[int], case: CaseSlots
+                               ) -> Tuple[int, Optional[Tuple[List[int], List[int]]]]:
+        """A random annotated structure's layer and a crop centred on it (``(-1, None)`` when there is none)."""
         usable = case.usable.reshape(self.layout.num_layers, self.layout.num_channels)
         layers = np.flatnonzero(usable.any(axis=1))
         if len(layers) == 0:
-            return None
+            return -1, None
         layer = int(np.random.choice(layers))
-        pts = case.positions.reshape(self.layout.num_layers, self.layout.num_channels, 3)[layer][usable[layer]]
-        centre = pts.mean(axis=0)[3 - len(shape):]
+        centre = self.crop_centre(key, case, layer)[3 - len(shape):]
         patch = np.asarray(self.patch_size)
-        shift = np.random.uniform(-1, 1, size=len(shape)) * patch / 8
+        bound = np.zeros(len(shape))  # a 2d configuration's data has a leading axis of one slice
+        bound[len(shape) - len(self.centre_shift):] = self.centre_shift
+        shift = np.random.uniform(-1, 1, size=len(shape)) * bound
         lbs = [int(round(c + s - p / 2)) for c, s, p in zip(centre, shift, patch)]
-        return lbs, [lb + int(p) for lb, p in zip(lbs, patch)]
+        return layer, (lbs, [lb + int(p) for lb, p in zip(lbs, patch)])
 
     # ------------------------------------------------------------------ batch
     def generate_train_batch(self) -> dict:
         keys = self.get_indices()
         data_all = seg_all = None
-        points_all, inside_all, valid_all = [], [], []
+        points_all, inside_all, valid_all, centre_all, spacing_all = [], [], [], [], []
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for j, key in enumerate(keys):
                 data, seg, seg_prev, properties = self._data.load_case(key)
                 case = self.slots[key]
                 shape = data.shape[1:]
-                bbox = self.structure_centred_bbox(shape, case) if self.structure_centred else None
+                layer, bbox = self.structure_centred_bbox(key, shape, case) if self.structure_centred else (-1, None)
+                if self.layout.mode != STRUCTURE_MODE:
+                    layer = 0
                 if bbox is None:
                     bbox = self.get_bbox(shape, self.get_do_oversample(j), properties["class_locations"])
                 lbs, ubs = bbox
@@ -118,7 +154,7 @@ class PoiDataLoader(nnUNetDataLoader):
                     off_slice = np.abs(points[:, 0]) > 0.5
                     points = points[:, 1:].copy()
                     points[off_slice] = np.nan  # a 2D sample sees one slice; points elsewhere are unknown here
-                sample = {"image": image, "segmentation": label,
+                sample = {"image": image, "segmentation": label, CENTRE_LAYER: layer,
                           KEYPOINTS: torch.from_numpy(points), KEYPOINTS_VALID: torch.from_numpy(np.isfinite(points).all(1))}
                 if self.transforms is not None:
                     sample = self.transforms(**sample)
@@ -139,9 +175,23 @@ class PoiDataLoader(nnUNetDataLoader):
                 points_all.append(moved)
                 inside_all.append(torch.from_numpy(inside))
                 valid_all.append(self.channel_valid(torch.isfinite(moved).all(1).numpy(), full_res))
+                centre_all.append(int(sample.get(CENTRE_LAYER, layer)))
+                spacing_all.append(self.patch_spacing_mm(sample.get(PATCH_VOXEL_SCALE)))
         return {"data": data_all, "target": seg_all, "keys": keys,
                 "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),
-                "channel_valid": torch.from_numpy(np.stack(valid_all))}
+                "channel_valid": torch.from_numpy(np.stack(valid_all)),
+                "centre_layer": torch.tensor(centre_all, dtype=torch.long),
+                "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float()}
+
+    def patch_spacing_mm(self, scale: Optional[np.ndarray]) -> np.ndarray:
+        """mm per patch voxel step per axis: the spacing times the spatial transform's scale (1 without one).
+
+        Dummy-2D augmentation scales the two in-plane axes only; the folded axis keeps its spacing.
+        """
+        full = np.ones(len(self.spacing))
+        if scale is not None:
+            full[len(full) - len(scale):] = np.asarray(scale, dtype=np.float64)
+        return self.spacing * full
 
     def channel_valid(self, usable: np.ndarray, segmentation: torch.Tensor) -> np.ndarray:
         """Which channels have a known target in this patch (see the module docstring)."""

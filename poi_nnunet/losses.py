@@ -44,16 +44,21 @@ class MaskedHeatmapLoss(nn.Module):
 
     Amplitude alone is not enough. With ``sigma_voxels`` given the loss is
     counted in *peaks*: each channel's summed squared error is divided by the
-    energy of one whole rendered peak, ``amplitude^2 * prod_d(sqrt(pi) *
-    sigma_d)``, and summed over a sample's valid channels (then averaged over
-    the batch), so predicting all zeros costs exactly 1 per POI, in any patch,
-    2D or 3D. Why: as a mean over voxels and channels, the zero prediction's
-    loss shrinks with the patch size, sigma and the POI count (0.077 for 160
-    one-voxel peaks in a 64^2 patch), and under nnU-Net's SGD the 160 heads of
-    the demo's X-ray sat on that plateau for 1500 steps; one batch overfit for
-    200 steps went to 0.79 of the zero loss counted in peaks, against 0.99
-    as a mean over channels. Without ``sigma_voxels`` it is the plain MSE over
-    voxels and valid channels.
+    energy of its target in the patch, but never by less than one whole
+    rendered peak, ``amplitude^2 * prod_d(sqrt(pi) * sigma_d)``, and summed over
+    a sample's valid channels (then averaged over the batch). So predicting all
+    zeros costs exactly 1 per channel that holds at least one whole peak in the
+    patch (in any patch, 2D or 3D, also where several structures put a peak in
+    one channel), less for a channel whose peak is cut by the patch border (a
+    peak half outside costs about 0.5), and nothing for an empty channel. Why:
+    as a mean over voxels and channels, the zero prediction's loss shrinks with
+    the patch size, sigma and the POI count (0.077 for 160 one-voxel peaks in a
+    64^2 patch), and under nnU-Net's SGD the 160 heads of the demo's X-ray sat
+    on that plateau for 1500 steps; one batch overfit for 200 steps went to
+    0.79 of the zero loss counted in peaks, against 0.99 as a mean over
+    channels. The floor of one peak keeps the tail of a point just outside the
+    patch from being blown up to the weight of a whole peak. Without
+    ``sigma_voxels`` it is the plain MSE over voxels and valid channels.
 
     ``foreground_weight > 1`` up-weights voxels where the target exceeds
     ``foreground_threshold * amplitude``, another way to stop the background
@@ -83,9 +88,11 @@ class MaskedHeatmapLoss(nn.Module):
         if self.foreground_weight != 1.0:
             foreground = target > self.foreground_threshold * self.amplitude
             err = torch.where(foreground, err * self.foreground_weight, err)
-        per_channel = err.flatten(2).sum(-1) / self._normaliser(pred.shape[2:])
+        normaliser = self._normaliser(pred.shape[2:])
         if self.sigma_voxels is None:
-            return _masked_mean(per_channel, valid)
+            return _masked_mean(err.flatten(2).sum(-1) / normaliser, valid)
+        energy = torch.where(mask, target, torch.zeros_like(target)).pow(2).flatten(2).sum(-1).detach()
+        per_channel = err.flatten(2).sum(-1) / energy.clamp_min(normaliser)
         return torch.where(valid, per_channel, torch.zeros_like(per_channel)).sum() / max(pred.shape[0], 1)
 
     def _normaliser(self, spatial_shape: Sequence[int]) -> float:

@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from poi_nnunet.batch import PoiBatch
 from poi_nnunet.channels import ChannelLayout
-from poi_nnunet.losses import MaskedHeatmapLoss
-from poi_nnunet.refinement import CoarseRefineNetwork, extract_patches
-from trainers.coarse_refine_loss import CoarseRefineLoss, CoarseRefineTargets, render_centre_targets
+from poi_nnunet.coarse_refine_network import CoarseRefineNetwork, extract_patches
+from poi_nnunet.plan import PoiPlan
+from trainers.coarse_refine_loss import CoarseRefineLoss
 
 SPINE = "Dataset501_SyntheticSpine"
 MODEL = "PoiCoarseRefineTrainer__poiPlans__3d_fullres"
@@ -107,11 +108,10 @@ def test_offset_head_starts_as_identity_and_forward_is_nnunet_compatible() -> No
         out = net.forward_points(x, torch.tensor([0]))
         torch.testing.assert_close(out.refined, out.coarse)
         plain = net(x)
-        assert plain.shape == (1, 5, 8, 8, 8) and net.last_points is None
-        with net.points_for(torch.tensor([0])):
-            inside = net(x)
-        torch.testing.assert_close(inside, plain)
-        assert net.last_points is not None
+        assert plain.shape == (1, 5, 8, 8, 8)
+        with_points = net(x, torch.tensor([0]))  # what the trainer calls, through DDP or not
+        torch.testing.assert_close(with_points.output, plain)
+        torch.testing.assert_close(with_points.refined, out.refined)
     net.decoder.deep_supervision = True  # what nnU-Net's trainer toggles
     with torch.no_grad():
         assert isinstance(net(x), (list, tuple))
@@ -123,53 +123,82 @@ def _layout(layers=(7, 8), channels=3) -> ChannelLayout:
                          tuple(str(c) for c in range(channels)), tuple(layers))
 
 
+def _plan(channels: int = 3, sigma=(1.0, 1.0, 1.0)) -> PoiPlan:
+    return PoiPlan("structure_with_neighbours", (20.0,) * 3, 1.0, tuple(sigma), 10.0, 3.0, (4, 4, 4), (1.5, 3.0),
+                   (0.1, 0.2), tuple({"structure": None, "poi": 100 + c, "name": str(c)} for c in range(channels)))
+
+
+def _batch(keypoints, inside, centre, spacing=(1.5, 1.0, 2.0)) -> PoiBatch:
+    b, s, d = keypoints.shape
+    return PoiBatch(keypoints, inside, torch.ones(b, 3, dtype=torch.bool), torch.as_tensor(centre),
+                    torch.tensor([list(spacing)] * b, dtype=torch.float32))
+
+
 def test_targets_are_the_centre_structures_pois_and_absent_ones_are_masked() -> None:
     layout = _layout()
+    loss = CoarseRefineLoss(None, layout, _plan(), 2, 1.0, 0.02, 0.02)
     keypoints = torch.tensor([[[2.0, 3.0, 4.0], [np.nan] * 3, [5.0, 5.0, 5.0],      # layer 0 (label 7)
                                [9.0, 9.0, 9.0], [1.0, 1.0, 1.0], [30.0, 3.0, 3.0]]])  # layer 1 (label 8)
     inside = torch.tensor([[True, False, True, True, True, False]])
-    t = render_centre_targets(keypoints, inside, torch.tensor([1]), layout, (12, 12, 12), [1.0] * 3, 10.0)
-    assert t.valid.tolist() == [[True, True, True]]
-    assert t.points_valid.tolist() == [[True, True, False]]  # the third left the patch
-    peak = np.unravel_index(int(t.heatmaps[0, 0].argmax()), (12, 12, 12))
+    heat, valid = loss.heatmap_targets(_batch(keypoints, inside, [1]), (12, 12, 12))
+    _, points_valid = loss.point_targets(_batch(keypoints, inside, [1]))
+    assert valid.tolist() == [[True, True, True]]
+    assert points_valid.tolist() == [[True, True, False]]  # the third left the patch
+    peak = np.unravel_index(int(heat[0, 0].argmax()), (12, 12, 12))
     assert tuple(int(v) for v in peak) == (9, 9, 9)  # the centre's peak, not the neighbour's (2, 3, 4)
-    t0 = render_centre_targets(keypoints, inside, torch.tensor([0]), layout, (12, 12, 12), [1.0] * 3, 10.0)
-    assert t0.valid.tolist() == [[True, False, True]] and t0.points_valid.tolist() == [[True, False, True]]
-    assert float(t0.heatmaps[0, 1].abs().sum()) == 0
-    none = render_centre_targets(keypoints, inside, torch.tensor([-1]), layout, (12, 12, 12), [1.0] * 3, 10.0)
-    assert not none.valid.any() and not none.points_valid.any()
+    heat0, valid0 = loss.heatmap_targets(_batch(keypoints, inside, [0]), (12, 12, 12))
+    _, points_valid0 = loss.point_targets(_batch(keypoints, inside, [0]))
+    assert valid0.tolist() == [[True, False, True]] and points_valid0.tolist() == [[True, False, True]]
+    assert float(heat0[0, 1].abs().sum()) == 0
+    none_valid = loss.heatmap_targets(_batch(keypoints, inside, [-1]), (12, 12, 12))[1]
+    assert not none_valid.any() and not loss.point_targets(_batch(keypoints, inside, [-1]))[1].any()
 
 
-def test_changing_an_absent_pois_target_changes_neither_loss_nor_gradients() -> None:
+def test_an_absent_poi_gets_no_gradient_and_leaves_the_loss_alone() -> None:
+    """The loader marks an absent (or cleaned) POI as NaN: its heatmap channel, coarse and refined points
+    get exactly zero gradient, and whatever the network predicts there does not change the loss."""
     torch.manual_seed(0)
     net = tiny_network().eval()  # eval: no jitter, deterministic
     x = torch.randn(1, 1, 12, 12, 12)
-    loss = CoarseRefineLoss(None, MaskedHeatmapLoss(amplitude=10.0), 2, 1.0, [1.5, 1.0, 2.0], 0.02, 0.02)
-    results = []
-    for absent_value in (float("nan"), 3.0, -50.0):
-        net.zero_grad(set_to_none=True)
-        points = torch.tensor([[[5.0, 6.0, 4.0], [absent_value] * 3, [2.0, 2.0, 9.0]]])
-        heat = torch.zeros(1, 3, 12, 12, 12)
-        heat[0, 1] = 0.0 if np.isnan(absent_value) else absent_value  # whatever the absent channel holds
-        valid = torch.tensor([[True, False, True]])
-        loss.targets = CoarseRefineTargets(heat, valid, points, valid, torch.tensor([0]))
-        out = net.forward_points(x, torch.tensor([0]))
-        loss.points_source = lambda: out
-        value = loss(out.output, None)
-        value.backward()
-        results.append((float(value.detach()), [p.grad.clone() for p in net.parameters() if p.grad is not None]))
-        assert np.isfinite(float(value.detach()))
-    for value, grads in results[1:]:
-        assert value == pytest.approx(results[0][0], rel=0, abs=1e-6)
-        for a, b in zip(grads, results[0][1]):
-            torch.testing.assert_close(a, b)
-    # and the valid ones do matter
-    loss.targets = CoarseRefineTargets(torch.zeros(1, 3, 12, 12, 12), torch.tensor([[True, False, True]]),
-                                       torch.tensor([[[0.0, 0.0, 0.0], [1.0] * 3, [2.0, 2.0, 9.0]]]),
-                                       torch.tensor([[True, False, True]]), torch.tensor([0]))
-    out = net.forward_points(x, torch.tensor([0]))
-    loss.points_source = lambda: out
-    assert float(loss(out.output, None).detach()) != pytest.approx(results[0][0], abs=1e-6)
+    loss = CoarseRefineLoss(None, _layout(layers=(7,)), _plan(), 2, 1.0, 0.02, 0.02)
+    batch = _batch(torch.tensor([[[5.0, 6.0, 4.0], [float("nan")] * 3, [2.0, 2.0, 9.0]]]),
+                   torch.tensor([[True, False, True]]), [0])
+    out = net(x, torch.tensor([0]))
+    value = loss(out, None, batch).total
+    d_output, d_coarse, d_refined = torch.autograd.grad(value, [out.output, out.coarse, out.refined])
+    assert float(d_output[0, 2 + 1].abs().sum()) == 0  # heatmap channel of the absent POI (after 2 seg channels)
+    assert float(d_output[0, 2 + 0].abs().sum()) > 0 and float(d_output[0, 2 + 2].abs().sum()) > 0
+    assert float(d_coarse[0, 1].abs().sum()) == 0 and float(d_refined[0, 1].abs().sum()) == 0
+    assert float(d_coarse[0, 0].abs().sum()) > 0
+    # whatever the network predicts for the absent POI, the loss is the same
+    changed = type(out)(out.output.detach().clone(), out.heatmaps, out.coarse.detach().clone(), out.centres,
+                        out.refined.detach().clone(), out.features)
+    changed.output[0, 3] += 5.0
+    changed.coarse[0, 1] += 7.0
+    changed.refined[0, 1] -= 3.0
+    assert float(loss(changed, None, batch).total) == pytest.approx(float(value.detach()), abs=1e-5)
+    # and the known ones do matter
+    moved = _batch(torch.tensor([[[0.0, 0.0, 0.0], [float("nan")] * 3, [2.0, 2.0, 9.0]]]),
+                   torch.tensor([[True, False, True]]), [0])
+    assert float(loss(out, None, moved).total.detach()) != pytest.approx(float(value.detach()), abs=1e-6)
+
+
+def test_wing_loss_counts_millimetres_of_the_sample_after_scaling() -> None:
+    """The same one-voxel error costs what its millimetres cost: twice the patch spacing, the larger loss."""
+    torch.manual_seed(0)
+    net = tiny_network().eval()
+    x = torch.randn(1, 1, 12, 12, 12)
+    layout = _layout(layers=(7,))
+    loss = CoarseRefineLoss(None, layout, _plan(), 2, 0.0, 1.0, 0.0)
+    out = net(x, torch.tensor([0]))
+    truth = out.coarse.detach() + torch.tensor([1.0, 0.0, 0.0])  # one voxel off along axis 0
+    inside = torch.ones(1, 3, dtype=torch.bool)
+    fine = loss(out, None, _batch(truth, inside, [0], spacing=(1.0, 1.0, 1.0))).terms
+    coarse = loss(out, None, _batch(truth, inside, [0], spacing=(3.0, 1.0, 1.0))).terms
+    assert fine["coarse_mm"] == pytest.approx(1.0, abs=1e-5) and coarse["coarse_mm"] == pytest.approx(3.0, abs=1e-5)
+    wing = lambda mm: 10.0 * np.log1p(mm / 2.0)  # Wing(w=10, epsilon=2) below w, summed over axes
+    assert fine["coarse_loss"] == pytest.approx(wing(1.0), rel=1e-4)
+    assert coarse["coarse_loss"] == pytest.approx(wing(3.0), rel=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -226,7 +255,7 @@ def test_checkpoint_loads_into_the_network_rebuilt_from_plans(env) -> None:
 
 
 def test_loader_centres_crops_on_a_structure_and_names_its_layer(env) -> None:
-    from poi_nnunet.training import build_trainer
+    from poi_nnunet.trainer_factory import build_trainer
 
     trainer = build_trainer("501", "3d_fullres", "coarse_refine", "all", "poiPlans", device="cpu")
     trainer.initialize()
@@ -243,10 +272,9 @@ def test_loader_centres_crops_on_a_structure_and_names_its_layer(env) -> None:
         mean = np.nanmean(pts.numpy(), axis=0)
         assert np.all(np.abs(mean - centre) < np.array(trainer.configuration_manager.patch_size) / 2)
     # the end-of-training validation builds the coarse_refine predictor from the trainer
-    from poi_nnunet.inference import PoiPredictor
     from poi_nnunet.inference.coarse_refine import CoarseRefinePredictor
 
-    assert isinstance(PoiPredictor.from_trainer(trainer), CoarseRefinePredictor)
+    assert isinstance(trainer.predictor_class.from_trainer(trainer), CoarseRefinePredictor)
 
 
 def test_poi_predict_and_poi_evaluate_with_coarse_refine(env, tmp_path: Path) -> None:
@@ -283,7 +311,7 @@ def test_provided_labels_and_coarse_stage(env) -> None:
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
-    from poi_nnunet.inference import load_poi_model
+    from poi_nnunet.trained_models import load_poi_model
     from poi_nnunet.inference.coarse_refine import CoarseRefinePredictor
 
     predictor = load_poi_model("501", "3d_fullres", "coarse_refine", device="cpu", use_mirroring=False,

@@ -12,7 +12,8 @@ from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.channels import ChannelLayout
 from poi_nnunet.data_loader import CaseSlots, PoiDataLoader
 from poi_nnunet.heatmaps import decode_heatmaps
-from trainers.poi_loss import render_point_targets
+from poi_nnunet.plan import PoiPlan
+from trainers.heatmap_loss import render_point_targets
 
 LABELS = {"background": 0, "left": 1, "right": 2}
 DATASET_JSON = {"labels": LABELS, "poi_mirror_pairs": [[10, 11]]}
@@ -22,13 +23,13 @@ def whole_image_layout() -> ChannelLayout:
     block = {"crop_mode": "whole_image",
              "poi_channels": [{"structure": 1, "poi": 10, "name": "a"}, {"structure": 1, "poi": 11, "name": "b"},
                               {"structure": 2, "poi": 12, "name": "c"}]}
-    return ChannelLayout.from_poi_block(block, DATASET_JSON)
+    return ChannelLayout.from_channels(block["crop_mode"], block["poi_channels"], DATASET_JSON)
 
 
 def structure_layout() -> ChannelLayout:
     block = {"crop_mode": "structure_with_neighbours",
              "poi_channels": [{"structure": None, "poi": 10, "name": "a"}, {"structure": None, "poi": 11, "name": "b"}]}
-    return ChannelLayout.from_poi_block(block, DATASET_JSON)
+    return ChannelLayout.from_channels(block["crop_mode"], block["poi_channels"], DATASET_JSON)
 
 
 class InMemoryDataset:
@@ -76,7 +77,7 @@ def test_crop_without_augmentation_shifts_points_by_the_crop_origin() -> None:
     slots = CaseSlots(np.array([[0.0, 20.25, 30.5], [0.0, 40.0, 10.0], [np.nan] * 3]))
     ds = InMemoryDataset({"c": slots}, (1, 64, 64))
     np.random.seed(0)
-    loader = PoiDataLoader(ds, 1, (32, 32), (32, 32), label_manager(), layout, {"c": slots}, False)
+    loader = PoiDataLoader(ds, 1, (32, 32), (32, 32), label_manager(), layout, {"c": slots}, False, spacing=(1.0, 1.0))
     batch = loader.generate_train_batch()
     kp, inside, valid = batch["keypoints"][0].numpy(), batch["keypoints_inside"][0], batch["channel_valid"][0]
     assert np.isnan(kp[2]).all() and not valid[2], "an absent point stays absent and masks its channel"
@@ -113,13 +114,17 @@ def test_rendered_targets_sit_on_the_augmented_blobs(dim: int) -> None:
                              or "Mirror" in type(t).__name__ or "Convert" in type(t).__name__]
     # as in nnU-Net, the sample is cropped larger than the patch, so rotations never sample padding
     initial = (64, 64) if dim == 2 else (40, 40, 40)
-    loader = PoiDataLoader(ds, 2, initial, patch, label_manager(), layout, cases, False, transforms=transforms)
+    loader = PoiDataLoader(ds, 2, initial, patch, label_manager(), layout, cases, False, spacing=(1.0,) * dim,
+                           transforms=transforms)
     np.random.seed(1)
     torch.manual_seed(1)
     checked = 0
     for _ in range(3):
         batch = loader.generate_train_batch()
-        targets = render_point_targets(batch["keypoints"], batch["channel_valid"], layout, patch, [1.5] * dim, 1.0)
+        plan = PoiPlan(layout.mode, (40.0,) * dim, 1.5, (1.5,) * dim, 1.0, 3.0, (8,) * dim, (1.0, 2.0), (0.1, 0.2),
+                       tuple({"structure": s, "poi": p, "name": n} for (s, p), n in zip(layout.channel_keys,
+                                                                                        layout.channel_names)))
+        targets = render_point_targets(batch["keypoints"], layout, patch, plan)
         image = batch["data"][:, 0]
         for b in range(2):
             for c in range(3):
@@ -131,7 +136,7 @@ def test_rendered_targets_sit_on_the_augmented_blobs(dim: int) -> None:
                 window[idx] = 1
                 found, _ = decode_heatmaps(image[b][None, None] * window)
                 np.testing.assert_allclose(found[0, 0].numpy(), kp.numpy(), atol=0.5)
-                peak = torch.nonzero(targets.heatmaps[b, c] == targets.heatmaps[b, c].max())[0].float()
+                peak = torch.nonzero(targets[b, c] == targets[b, c].max())[0].float()
                 assert torch.all((peak - kp).abs() <= 0.5 + 1e-4)
                 checked += 1
     assert checked >= 4
@@ -144,7 +149,7 @@ def test_structure_mode_centres_on_a_structure_and_masks_unknown_channels() -> N
     slots = CaseSlots(positions)
     ds = InMemoryDataset({"c": slots}, (32, 32, 56))
     np.random.seed(3)
-    loader = PoiDataLoader(ds, 1, (24, 24, 24), (24, 24, 24), label_manager(), layout, {"c": slots}, True)
+    loader = PoiDataLoader(ds, 1, (24, 24, 24), (24, 24, 24), label_manager(), layout, {"c": slots}, True, spacing=(1.0, 1.0, 1.0))
     seen_masked = seen_full = False
     for _ in range(20):
         batch = loader.generate_train_batch()

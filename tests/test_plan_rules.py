@@ -8,8 +8,8 @@ import pytest
 
 from planners.cleaning import flag_far_pois, surface_thresholds
 from planners.poi_fingerprint import summarize
-from planners.poi_plan import (STRUCTURE_MODE, WHOLE_IMAGE_MODE, crop_mode, fingerprint_axes, heatmap_sigma_mm,
-                               poi_block)
+from planners.poi_plan import crop_mode, fingerprint_axes, heatmap_sigma_mm, poi_block
+from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
 
 Point = Tuple[int, int, Sequence[float], Optional[float]]  # structure, poi, grid mm, surface distance
 
@@ -63,7 +63,7 @@ def _leg_case(i: int) -> dict:
 
 def test_crop_mode_follows_whether_poi_ids_repeat_on_structures() -> None:
     assert crop_mode(_fingerprint([_spine_case(i) for i in range(3)])["summary"]) == STRUCTURE_MODE
-    assert crop_mode(_fingerprint([_leg_case(i) for i in range(3)])["summary"]) == WHOLE_IMAGE_MODE
+    assert crop_mode(_fingerprint([_leg_case(i) for i in range(3)])["summary"]) == WHOLE_IMAGE
 
 
 def test_sigma_keeps_neighbouring_peaks_apart_but_never_falls_below_two_voxels() -> None:
@@ -79,25 +79,21 @@ def test_structure_mode_block_on_a_spine_like_fingerprint() -> None:
     assert [c["poi"] for c in block["poi_channels"]] == [1, 2] and block["poi_channels"][0]["structure"] is None
     # crop: 3x the vertebra's 24 x 40 x 40 mm box, plus 10%
     np.testing.assert_allclose(block["crop_size_mm"], [79.2, 80.0, 80.0], rtol=1e-6)
-    # the crop must fit the 64-voxel patch: coarse spacing = crop / patch where that exceeds 1 mm
-    np.testing.assert_allclose(block["coarse_spacing"], [79.2 / 64, 1.25, 1.25], rtol=1e-6)
-    assert block["coarse_to_fine"] is True
-    assert all(c <= 64 for c in block["coarse_patch_size"])
     assert all(r % 8 == 0 and r <= 64 for r in block["refine_patch_size"])
-    assert block["fields_of_view"][0]["name"] == "structure_crop"
+    # elastic: the crop is cut to the 64-voxel patch, 5% of 64 = 3.2 voxels (above the 3-voxel floor)
+    np.testing.assert_allclose(block["elastic_magnitude_voxels"], [1.6, 3.2])
+    assert block["heatmap_amplitude"] == 10.0 and block["peak_support_sigmas"] == 3.0
+    # nothing is planned that no code reads (the coarse pass and fields of view are not built yet)
+    assert not {"coarse_spacing", "coarse_patch_size", "coarse_to_fine", "fields_of_view"} & set(block)
 
 
-def test_long_field_of_view_is_split_into_poi_groups() -> None:
+def test_long_field_of_view_is_one_whole_image_block() -> None:
     fp = _fingerprint([_leg_case(i) for i in range(5)])
     block = poi_block(fp, _config([1.5, 1.5, 1.5], [128, 96, 96]), (0, 1, 2), {}, [], {})
-    assert block["crop_mode"] == WHOLE_IMAGE_MODE
-    fovs = block["fields_of_view"]
-    assert [sorted(p for _, p in f["pois"]) for f in fovs] == [[1, 2, 3], [11, 12, 13], [21, 22, 23]]
-    assert all(f["fits_patch_at_full_resolution"] for f in fovs)
+    assert block["crop_mode"] == WHOLE_IMAGE
     assert [(c["structure"], c["poi"]) for c in block["poi_channels"]][:3] == [(0, 1), (0, 2), (0, 3)]
-    # the same leg seen through a patch that holds it whole needs no split
-    whole = poi_block(fp, _config([10.0, 10.0, 10.0], [96, 16, 16]), (0, 1, 2), {}, [], {})["fields_of_view"]
-    assert [f["name"] for f in whole] == ["whole_image"]
+    # elastic magnitude: 5% of the smallest side shown, never below three voxels
+    assert block["elastic_magnitude_voxels"][1] >= 3.0
 
 
 def test_2d_configuration_uses_the_in_plane_axes_of_the_transposed_image() -> None:

@@ -19,7 +19,8 @@ from dataset_conversion.synthetic_xray import write_xray_dataset
 from poi_nnunet.cli.plan_and_preprocess import main as plan_main
 from poi_nnunet.cli.predict import main
 from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
-from poi_nnunet.inference import PoiPredictor, load_poi_model, predict_input_cases, predict_preprocessed_cases
+from poi_nnunet.inference import PoiPredictor, predict_input_cases, predict_preprocessed_cases
+from poi_nnunet.trained_models import load_poi_model
 from poi_nnunet.inference.inputs import list_input_cases
 from poi_nnunet.markups import read_markups_json
 from poi_nnunet.pois import read_poi_file
@@ -31,7 +32,7 @@ ARGS = ["-d", "502", "-c", "2d", "-tr", "heatmap", "-device", "cpu", "--no_pbar"
 
 def _save_untrained_fold(fold: int) -> None:
     """What poi_train leaves behind, without the training: plans, dataset.json and a checkpoint."""
-    from poi_nnunet.training import build_trainer
+    from poi_nnunet.trainer_factory import build_trainer
 
     trainer = build_trainer("502", "2d", "heatmap", fold, "poiPlans", device="cpu")
     trainer.initialize()
@@ -202,7 +203,7 @@ def test_mirroring_exchanges_left_right_partners(env) -> None:
 
 # ----------------------------------------------------------------------------------------------- after training
 def test_preprocessed_cases_and_trainer_predictor_match_raw_prediction(env, tmp_path: Path) -> None:
-    from poi_nnunet.training import build_trainer
+    from poi_nnunet.trainer_factory import build_trainer
 
     raw_out, pre_out = tmp_path / "raw", tmp_path / "pre"
     predictor = load_poi_model("502", "2d", "heatmap", folds=[0], device="cpu", use_mirroring=False,

@@ -12,7 +12,9 @@ Loss = nnU-Net's segmentation loss (where the dataset has labels)
 + ``heatmap_weight / C`` x the heatmap trainer's heatmap loss (counted in peaks, so a mean over the
   C POI channels: 1 when every heatmap is zero)
 + ``coarse_weight`` x Wing(coarse - truth) + ``refine_weight`` x Wing(refined - truth), each the mean
-  over the valid points, coordinates in mm (patch voxels times the configuration's spacing).
+  over the valid points, coordinates in mm: patch voxels times the sample's own patch spacing
+  (``PoiBatch.patch_spacing_mm``: the configuration's spacing times the scaling augmentation's
+  factor, so a millimetre is a millimetre of the anatomy in every sample).
 Every term is of order one. Unlike the heatmap trainer, whose points come from the heatmaps alone,
 here the coordinate losses train the points directly and the heatmap term only shapes the
 soft-argmax: summed over POIs (as the heatmap trainer does) it drowned the rest, and in the CPU
@@ -31,25 +33,19 @@ term is drowned under nnU-Net's SGD with gradient clipping at 12.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from poi_nnunet.batch import LossOutput, PoiBatch
 from poi_nnunet.channels import ChannelLayout
+from poi_nnunet.coarse_refine_network import PointPrediction
 from poi_nnunet.heatmaps import render_gaussian_heatmaps
 from poi_nnunet.losses import WingLoss, masked_point_loss
-from poi_nnunet.refinement import PointPrediction
+from poi_nnunet.plan import PoiPlan
 
-from .poi_loss import PointTargets, SegmentationAndHeatmapLoss
-
-
-@dataclass
-class CoarseRefineTargets(PointTargets):
-    points: Tensor  # (B, C, D) patch voxels of the centre structure's POIs, NaN where absent
-    points_valid: Tensor  # (B, C) bool: the coordinate losses' mask
-    structure: Tensor  # (B,) long centre layer
+from .heatmap_loss import SegmentationAndHeatmapLoss
 
 
 def centre_points(keypoints: Tensor, centre_layer: Tensor, layout: ChannelLayout) -> Tensor:
@@ -62,64 +58,52 @@ def centre_points(keypoints: Tensor, centre_layer: Tensor, layout: ChannelLayout
     return torch.where(unknown[:, None, None], torch.full_like(out, float("nan")), out)
 
 
-def render_centre_targets(keypoints: Tensor, keypoints_inside: Tensor, centre_layer: Tensor, layout: ChannelLayout,
-                          shape: Sequence[int], sigma_voxels: Sequence[float], amplitude: float) -> CoarseRefineTargets:
-    """Heatmaps of the centre structure's POIs and the masks (see the module docstring)."""
-    points = centre_points(keypoints, centre_layer, layout)
-    b, c, d = points.shape
-    inside = centre_points(keypoints_inside.to(torch.float32)[..., None], centre_layer, layout)[..., 0]
-    usable = torch.isfinite(points).all(-1)
-    heatmaps = render_gaussian_heatmaps(torch.nan_to_num(points), usable, tuple(shape), sigma_voxels, amplitude)
-    points_valid = usable & (torch.nan_to_num(inside) > 0.5)
-    return CoarseRefineTargets(heatmaps, usable, points, points_valid, centre_layer.to(points.device).long())
-
-
 class CoarseRefineLoss(SegmentationAndHeatmapLoss):
-    """:class:`SegmentationAndHeatmapLoss` plus Wing losses on the coarse and refined points in mm.
+    """:class:`SegmentationAndHeatmapLoss` on the centre structure's heatmaps, plus Wing losses on the
+    coarse and refined points in mm; ``output`` is the network's :class:`PointPrediction`."""
 
-    The points are read from ``points_source()`` (the network's :attr:`last_points`, set by the forward
-    nnU-Net's train step just ran), the targets from ``.targets`` (a :class:`CoarseRefineTargets`).
-    """
-
-    def __init__(self, segmentation: Optional[nn.Module], heatmap: nn.Module, num_segmentation_outputs: int,
-                 heatmap_weight: float, spacing: Sequence[float], coarse_weight: float, refine_weight: float,
+    def __init__(self, segmentation: Optional[nn.Module], layout: ChannelLayout, plan: PoiPlan,
+                 num_segmentation_outputs: int, heatmap_weight: float, coarse_weight: float, refine_weight: float,
                  wing: Optional[WingLoss] = None):
-        super().__init__(segmentation, heatmap, num_segmentation_outputs, heatmap_weight)
-        self.register_buffer("spacing", torch.as_tensor([float(s) for s in spacing]), persistent=False)
+        super().__init__(segmentation, layout, plan, num_segmentation_outputs, heatmap_weight)
         self.coarse_weight = float(coarse_weight)
         self.refine_weight = float(refine_weight)
         self.wing = wing if wing is not None else WingLoss(w=10.0, epsilon=2.0, reduction="none")
-        self.points_source: Optional[Callable[[], Optional[PointPrediction]]] = None
 
-    def forward(self, output, target) -> Tensor:
-        total = super().forward(output, target)
-        points = self.points_source() if self.points_source is not None else None
-        if points is None or not isinstance(self.targets, CoarseRefineTargets):
-            raise RuntimeError("coarse_refine loss: run the network inside points_for() and set CoarseRefineTargets")
-        coarse, refined = self.point_terms(points, self.targets)
-        total = total + self.coarse_weight * coarse + self.refine_weight * refined
-        self.last_terms.update(self.error_terms(points, self.targets))
-        self.last_terms.update(coarse_loss=float(coarse.detach()), refine_loss=float(refined.detach()))
-        return total
+    def heatmap_targets(self, batch: PoiBatch, shape: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """Heatmaps of the centre structure's POIs only; a channel is masked where that POI is unknown."""
+        points = centre_points(batch.keypoints, batch.centre_layer, self.layout)
+        usable = torch.isfinite(points).all(-1)
+        heatmaps = render_gaussian_heatmaps(torch.nan_to_num(points), usable, tuple(shape),
+                                            self.plan.heatmap_sigma_voxels, self.plan.heatmap_amplitude)
+        return heatmaps, usable
 
-    def point_terms(self, points: PointPrediction, targets: CoarseRefineTargets):
-        spacing = self.spacing.to(points.coarse.device)
-        truth = torch.nan_to_num(targets.points.to(points.coarse.device)) * spacing
-        valid = targets.points_valid.to(points.coarse.device)
-        coarse = masked_point_loss(points.coarse * spacing, truth, valid, "wing", self.wing)
-        refined = masked_point_loss(points.refined * spacing, truth, valid, "wing", self.wing)
-        return coarse, refined
+    def forward(self, output: PointPrediction, target, batch: PoiBatch) -> LossOutput:
+        if not isinstance(output, PointPrediction):
+            raise TypeError("coarse_refine loss: run the network as network(data, centre_layer) to get the points")
+        result = super().forward(output.output, target, batch)
+        truth, valid = self.point_targets(batch)
+        spacing = batch.patch_spacing_mm[:, None, :].to(output.coarse.dtype)
+        coarse = masked_point_loss(output.coarse * spacing, truth * spacing, valid, "wing", self.wing)
+        refined = masked_point_loss(output.refined * spacing, truth * spacing, valid, "wing", self.wing)
+        result.total = result.total + self.coarse_weight * coarse + self.refine_weight * refined
+        result.terms.update(coarse_loss=float(coarse.detach()), refine_loss=float(refined.detach()),
+                            **self.errors_mm(output, truth, valid, spacing))
+        return result
 
+    def point_targets(self, batch: PoiBatch) -> Tuple[Tensor, Tensor]:
+        """``(B, C, D)`` centre-structure points (patch voxels, NaN zeroed) and the ``(B, C)`` mask of those
+        that are known and inside the patch (soft-argmax can only answer inside it)."""
+        points = centre_points(batch.keypoints, batch.centre_layer, self.layout)
+        inside = centre_points(batch.inside.float()[..., None], batch.centre_layer, self.layout)[..., 0]
+        valid = torch.isfinite(points).all(-1) & (torch.nan_to_num(inside) > 0.5)
+        return torch.nan_to_num(points), valid
+
+    @staticmethod
     @torch.no_grad()
-    def error_terms(self, points: PointPrediction, targets: CoarseRefineTargets) -> dict:
+    def errors_mm(output: PointPrediction, truth: Tensor, valid: Tensor, spacing: Tensor) -> dict:
         """Mean Euclidean error (mm) of the valid points, coarse and refined (for the log)."""
-        spacing = self.spacing.to(points.coarse.device)
-        valid = targets.points_valid.to(points.coarse.device)
         if not bool(valid.any()):
             return {"coarse_mm": float("nan"), "refined_mm": float("nan")}
-        truth = targets.points.to(points.coarse.device)
-        out = {}
-        for name, pred in (("coarse_mm", points.coarse), ("refined_mm", points.refined)):
-            err = ((pred - truth) * spacing).norm(dim=-1)
-            out[name] = float(err[valid].mean())
-        return out
+        return {name: float(((pred - truth) * spacing).norm(dim=-1)[valid].mean())
+                for name, pred in (("coarse_mm", output.coarse), ("refined_mm", output.refined))}

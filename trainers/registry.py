@@ -14,6 +14,9 @@ from .heatmap import PoiHeatmapTrainer
 TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
     "heatmap": PoiHeatmapTrainer,
     "coarse_refine": PoiCoarseRefineTrainer,
+    # nnU-Net's own trainer, unchanged (segmentation only): the plain baseline, and the last stage of
+    # the point-supervision pipeline, trained with the same command on the same plans
+    "nnunet": nnUNetTrainer,
 }
 
 

@@ -9,7 +9,12 @@ along the pipeline. Points ride in the same dict:
   heatmap channel ``i`` can be rendered from row ``i`` without a lookup.
 * ``keypoints_valid``: ``bool[N]``, False for a POI that is not annotated in
   this case or has left the patch. Its row is still moved (for bookkeeping)
-  but must not be used as a target.
+  but must not be used as a target. A point that has no position in the patch
+  (caught in a fold of an elastic field) becomes NaN.
+* ``patch_voxel_scale``: how long one patch voxel step is, per axis, in voxels of
+  the sample (scaling augmentation changes it; the loader turns it into mm).
+* ``centre_layer``: which slot layer the sample is centred on; mirroring that
+  exchanges left and right structures exchanges it too.
 
 Transforms compute in float64 numpy and hand back the caller's float dtype.
 """
@@ -22,6 +27,9 @@ import torch
 
 KEYPOINTS = "keypoints"
 KEYPOINTS_VALID = "keypoints_valid"
+# Per-sample entries that transforms keep up to date beside the points:
+PATCH_VOXEL_SCALE = "patch_voxel_scale"  # float64 (D,): length of one patch voxel step in sample voxels
+CENTRE_LAYER = "centre_layer"  # int: slot layer of the structure a crop is centred on (-1 unknown)
 
 
 def read_points(data_dict: dict) -> Tuple[np.ndarray, np.ndarray, torch.dtype]:

@@ -17,7 +17,7 @@ import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
 from ..geometry import flip_points
-from .keys import KEYPOINTS, read_points, write_points
+from .keys import CENTRE_LAYER, KEYPOINTS, read_points, write_points
 
 
 class PointMirrorTransform(MirrorTransform):
@@ -25,7 +25,10 @@ class PointMirrorTransform(MirrorTransform):
 
     ``swap_axes``: spatial array axes (0-based, like ``allowed_axes``) that are the
     patient's left-right axis. ``slot_permutation``: an involution over slots,
-    ``None`` or identity when no POI has a mirror partner.
+    ``None`` or identity when no POI has a mirror partner. ``layer_permutation``:
+    the same over slot layers (structures), applied to the sample's
+    ``centre_layer`` so that a crop centred on a left structure is, once flipped,
+    centred on its right partner, whose slots now hold its points.
     """
 
     def __init__(
@@ -34,8 +37,10 @@ class PointMirrorTransform(MirrorTransform):
         swap_axes: Sequence[int] = (),
         slot_permutation: Optional[Sequence[int]] = None,
         label_swaps: Sequence[Tuple[int, int]] = (),
+        layer_permutation: Optional[Sequence[int]] = None,
     ):
         super().__init__(allowed_axes)
+        self.layer_permutation = None if layer_permutation is None else np.asarray(layer_permutation, dtype=np.int64)
         self.label_swaps = tuple((int(a), int(b)) for a, b in label_swaps)
         self.swap_axes = tuple(int(a) for a in swap_axes)
         self.slot_permutation = None if slot_permutation is None else np.asarray(slot_permutation, dtype=np.int64)
@@ -62,6 +67,9 @@ class PointMirrorTransform(MirrorTransform):
                     f"slot_permutation covers {len(self.slot_permutation)} slots but the sample has {len(coords)}"
                 )
             coords, valid = coords[self.slot_permutation], valid[self.slot_permutation]
+        centre = data_dict.get(CENTRE_LAYER)
+        if self.layer_permutation is not None and centre is not None and centre >= 0 and self.swaps_pairs(axes):
+            data_dict[CENTRE_LAYER] = int(self.layer_permutation[int(centre)])
         if self.label_swaps and self.swaps_pairs(axes) and data_dict.get("segmentation") is not None:
             data_dict["segmentation"] = swap_labels(data_dict["segmentation"], self.label_swaps)
         return write_points(data_dict, coords, valid, dtype)

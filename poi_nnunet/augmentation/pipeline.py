@@ -47,6 +47,7 @@ def get_point_aware_training_transforms(
     swap_axes: Sequence[int] = (),
     slot_permutation: Optional[Sequence[int]] = None,
     label_swaps: Sequence[Tuple[int, int]] = (),
+    layer_permutation: Optional[Sequence[int]] = None,
     p_elastic_deform: float = 0.0,
     elastic_deform_scale: RandomScalar = (0, 0.2),
     elastic_deform_magnitude: RandomScalar = (0, 0.2),
@@ -55,7 +56,8 @@ def get_point_aware_training_transforms(
 
     Extra keyword arguments: ``swap_axes`` / ``slot_permutation`` as in
     :class:`PointMirrorTransform` (``label_swaps``: the dataset's ``structure_mirror_pairs``,
-    exchanged in the segmentation on a left-right flip); ``p_elastic_deform`` and the elastic ranges as in
+    exchanged in the segmentation on a left-right flip; ``layer_permutation``: the same pairs as
+    slot layers, for the sample's centre layer); ``p_elastic_deform`` and the elastic ranges as in
     ``SpatialTransform`` (scale: fraction of the patch edge, magnitude: voxels).
     nnU-Net itself never deforms elastically; the coarse-to-fine trainer does.
     """
@@ -72,6 +74,7 @@ def get_point_aware_training_transforms(
         swap_axes=swap_axes,
         slot_permutation=slot_permutation,
         label_swaps=label_swaps,
+        layer_permutation=layer_permutation,
         p_elastic_deform=p_elastic_deform,
         elastic_deform_scale=elastic_deform_scale,
         elastic_deform_magnitude=elastic_deform_magnitude,
@@ -84,6 +87,7 @@ def make_point_aware(
     swap_axes: Sequence[int] = (),
     slot_permutation: Optional[Sequence[int]] = None,
     label_swaps: Sequence[Tuple[int, int]] = (),
+    layer_permutation: Optional[Sequence[int]] = None,
     **spatial_overrides,
 ) -> ComposeTransforms:
     """Return ``pipeline`` with its voxel-moving transforms replaced by point-aware equivalents.
@@ -99,7 +103,7 @@ def make_point_aware(
             t = _rebuild(PointSpatialTransform, t, **spatial_overrides)
         elif type(t) is MirrorTransform:
             t = PointMirrorTransform(t.allowed_axes, swap_axes=swap_axes, slot_permutation=slot_permutation,
-                                     label_swaps=label_swaps)
+                                     label_swaps=label_swaps, layer_permutation=layer_permutation)
         elif type(t) is Convert3DTo2DTransform:
             t = PointConvert3DTo2DTransform()
         elif type(t) is Convert2DTo3DTransform:

@@ -16,7 +16,7 @@ import numpy as np
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
 from ..geometry import PatchSampling, inside_extent, interpolate_field
-from .keys import KEYPOINTS, read_points, write_points
+from .keys import KEYPOINTS, PATCH_VOXEL_SCALE, read_points, write_points
 
 # How far (voxels) the point map may stray from the image's grid before we call it a bug:
 # float32 grids are good to ~1e-5, a convention change in batchgeneratorsv2 is >= 0.5.
@@ -27,9 +27,12 @@ class PointSpatialTransform(SpatialTransform):
     """``SpatialTransform`` that also moves ``data_dict['keypoints']`` and updates ``keypoints_valid``.
 
     Takes exactly the arguments of ``SpatialTransform``. A point whose patch
-    position falls outside ``[-0.5, size - 0.5]``, or where an elastic field
-    folds so that it has no unique position, becomes invalid; its coordinates
-    are kept as computed, never clamped.
+    position falls outside ``[-0.5, size - 0.5]`` becomes invalid; its coordinates
+    are kept as computed, never clamped (a point outside says where a target is
+    not). Where an elastic field folds so that a point has no unique position,
+    it has no position at all: its coordinates become NaN, so no target is
+    rendered for it. ``patch_voxel_scale`` records the length of a patch voxel
+    step per axis, in sample voxels (the scaling augmentation's factor).
     """
 
     def apply(self, data_dict: dict, **params) -> dict:
@@ -44,7 +47,9 @@ class PointSpatialTransform(SpatialTransform):
         moved, solved = sampling.sample_to_patch(coords)
         if params["grid"] is not None:
             check_against_grid(sampling, params["grid"].numpy(), sample_shape, self.align_corners, moved[solved])
+        moved[~solved] = np.nan
         valid = valid & solved & inside_extent(moved, self.patch_size)
+        data_dict[PATCH_VOXEL_SCALE] = np.linalg.norm(sampling.linear, axis=0)
         return write_points(data_dict, moved, valid, dtype)
 
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from ..errors import PoiNnunetError
 from ..pois import read_poi_file
 from ..raw_dataset import RawDataset, dataset_folder_name
 from ..raw_format_checks import check_raw_dataset
@@ -128,10 +129,9 @@ def run_pipeline(args: argparse.Namespace, raw_folder: Path, workspace: Path) ->
 
     from ..evaluation import evaluate_folders
     from ..evaluation.report import format_table
-    from ..inference import load_poi_model
-    from ..inference.run import predict_folder
+    from . import predict as poi_predict
     from ..preprocessing.pipeline import plan_and_preprocess
-    from ..training import build_trainer, run_fold
+    from ..trainer_factory import build_trainer, run_fold
 
     dataset_id, configuration = DEMO_TARGETS[args.train]
     epochs = args.epochs or DEMO_SCHEDULE[args.train][0]
@@ -151,10 +151,11 @@ def run_pipeline(args: argparse.Namespace, raw_folder: Path, workspace: Path) ->
                             epochs=epochs, iterations_per_epoch=iterations)
     run_fold(trainer, validate=False)
     predictions = workspace / f"predictions_{args.train}"
-    step(f"poi_predict -i {raw_folder / 'imagesTs'} -o {predictions} -d {dataset_id} -c {configuration} "
-         f"-tr heatmap -f 0")
-    predictor = load_poi_model(str(dataset_id), configuration, "heatmap", folds=[0], device=device)
-    predict_folder(predictor, raw_folder / "imagesTs", predictions, overwrite=True)
+    predict_args = ["-i", str(raw_folder / "imagesTs"), "-o", str(predictions), "-d", str(dataset_id),
+                    "-c", configuration, "-tr", "heatmap", "-f", "0", "-device", device, "--overwrite"]
+    step("poi_predict " + " ".join(predict_args))
+    if poi_predict.main(predict_args) != 0:
+        raise PoiNnunetError("poi_predict failed (see above)")
     step(f"poi_evaluate -ref {raw_folder / 'poisTs'} -pred {predictions}")
     summary = evaluate_folders(raw_folder / "poisTs", predictions)
     print(format_table(summary))

@@ -78,11 +78,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.labels is not None and not Path(args.labels).is_dir():
         raise PoiNnunetError(f"--labels {args.labels}: no such folder")
     from ..inference.inputs import check_dimensionality, list_input_cases
-    from ..inference.model import find_model_folder, predictor_for
+    from ..inference.model import predictor_for
+    from ..trained_models import find_model
     from ..inference.run import predict_input_cases, provided_label_files
     from ..inference.writing import write_run_files
 
-    model = find_model_folder(args.d, args.c, args.tr, args.p)
+    model = find_model(args.d, args.c, args.tr, args.p)
     cases = list_input_cases(args.i, model.file_ending, model.num_input_channels)
     check_dimensionality(cases, args.c, model.configuration_axes, model.trained_on_2d_images)
     if args.labels is not None:

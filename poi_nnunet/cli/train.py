@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 @reports_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..training import build_trainer, run_fold
+    from ..trainer_factory import build_trainer, run_fold
 
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
     trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans, args.device,

@@ -9,7 +9,7 @@
 * :mod:`.run`: whole cases, from raw files or from nnU-Net's preprocessed folder.
 """
 from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points, decode_structures, decode_whole_image
-from .model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, ModelFolder, find_model_folder, load_poi_model, predictor_for
+from .model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, ModelFolder, find_model_folder, predictor_for
 from .predictor import CasePrediction, PoiPredictor
 from .run import predict_folder, predict_input_cases, predict_preprocessed_cases
 
@@ -25,7 +25,6 @@ __all__ = [
     "decode_structures",
     "decode_whole_image",
     "find_model_folder",
-    "load_poi_model",
     "predict_folder",
     "predict_input_cases",
     "predict_preprocessed_cases",

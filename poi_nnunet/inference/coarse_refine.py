@@ -9,7 +9,9 @@ Per case, in nnU-Net's preprocessed space:
    ``min_structure_voxels`` voxels gets one crop.
 2. **Crops.** A patch-size crop centred on the label's centroid (the training crops' centre, see
    :mod:`trainers.coarse_refine_data`), zero-padded where it leaves the volume as the loader pads.
-   In whole-image mode there is one crop, centred on the image: points outside it are not found.
+   In whole-image mode one crop centred on the image where the image fits the patch; where it does
+   not, nnU-Net's sliding-window tiles cover it, and each channel's point comes from the tile where
+   its heatmap peak is highest, so no part of the image is left unsearched.
 3. **Points.** ``forward_points`` gives the crop's coarse and refined points of *its centre structure
    only*, so a structure's points always come from the crop centred on it, never from a neighbour's
    crop where it is only context. Points are averaged over folds and, with test-time mirroring,
@@ -32,9 +34,9 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
-from ..channels import STRUCTURE_MODE
 from ..errors import PoiNnunetError
 from ..geometry import PreprocessedSpace
+from ..plan import STRUCTURE_MODE
 from .decoding import MIN_STRUCTURE_VOXELS, DecodedPoints
 from .predictor import CasePrediction, PoiPredictor, checked_segmentation
 
@@ -94,8 +96,7 @@ class CoarseRefinePredictor(PoiPredictor):
         patch = np.asarray(self.configuration_manager.patch_size, dtype=float)
         shape = np.asarray(data_shape, dtype=float)[-len(patch):]
         if self.layout.mode != STRUCTURE_MODE:
-            start = np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int)
-            return [(0, 0, start.tolist())]
+            return [(0, 0, start) for start in self.whole_image_tiles(shape, patch)]
         if segmentation is None:
             raise PoiNnunetError("structure mode needs a segmentation to centre crops on")
         seg = np.asarray(segmentation)
@@ -111,6 +112,19 @@ class CoarseRefinePredictor(PoiPredictor):
             crops.append((int(label), layer, start.tolist()))
         return crops
 
+    def whole_image_tiles(self, shape: np.ndarray, patch: np.ndarray) -> List[List[int]]:
+        """Crop starts covering the whole image: one centred crop where it fits the patch, else nnU-Net's
+        sliding-window tiles (``tile_step_size`` overlap) along every axis larger than the patch."""
+        from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+        if np.all(shape <= patch):
+            return [np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int).tolist()]
+        size = np.maximum(shape, patch).astype(int)
+        steps = compute_steps_for_sliding_window(tuple(size), tuple(patch.astype(int)), self.tile_step_size)
+        centred = np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int)  # axes smaller than the patch
+        return [[int(s) if n > p else int(c) for s, n, p, c in zip(start, shape, patch, centred)]
+                for start in itertools.product(*steps)]
+
     def predict_points(self, data: torch.Tensor, segmentation: Optional[np.ndarray]) -> DecodedPoints:
         """Points of every structure (preprocessed coordinates, 3 axes)."""
         patch = [int(p) for p in self.configuration_manager.patch_size]
@@ -118,6 +132,8 @@ class CoarseRefinePredictor(PoiPredictor):
             raise PoiNnunetError("a 2d coarse_refine model predicts 2D images only (one slice)")
         volume = data[:, 0].numpy() if len(patch) == 2 else data.numpy()
         crops = self.structure_crops(data.shape[1:], segmentation)
+        if self.layout.mode != STRUCTURE_MODE:  # channel c is the pair channel_keys[c]
+            return self.tiled_points(volume, crops, patch)
         pois = np.array([p for _, p in self.layout.channel_keys], dtype=int)
         parts = []
         for i in range(0, len(crops), self.crop_batch_size):
@@ -133,6 +149,28 @@ class CoarseRefinePredictor(PoiPredictor):
                 found = (conf >= self.min_confidence) & np.all(np.isfinite(positions), axis=1)
                 parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, conf).select(found))
         return DecodedPoints.concatenate(parts)
+
+    def tiled_points(self, volume: np.ndarray, crops: List[Tuple[int, int, List[int]]],
+                     patch: List[int]) -> DecodedPoints:
+        """Whole-image points from several tiles: each channel's point comes from the tile where its
+        heatmap peak is highest (the tile that sees the landmark; a tile without it was trained to a
+        flat heatmap there)."""
+        best_conf = np.full(self.layout.num_channels, -np.inf)
+        best_pos = np.full((self.layout.num_channels, 3), np.nan)
+        for i in range(0, len(crops), self.crop_batch_size):
+            chunk = crops[i:i + self.crop_batch_size]
+            images = [crop_and_pad_nd(volume, [[s, s + p] for s, p in zip(start, patch)], 0) for _, _, start in chunk]
+            coords, confidence = self.crop_points(torch.from_numpy(np.stack(images)).float(),
+                                                  torch.zeros(len(chunk), dtype=torch.long))
+            for (_, _, start), c, conf in zip(chunk, coords, confidence):
+                positions = c.double().numpy() + np.asarray(start, dtype=float)
+                if len(patch) == 2:
+                    positions = np.concatenate([np.zeros((len(positions), 1)), positions], 1)
+                better = conf > best_conf
+                best_conf[better], best_pos[better] = conf[better], positions[better]
+        keys = np.array(self.layout.channel_keys, dtype=int).reshape(-1, 2)
+        found = (best_conf >= self.min_confidence) & np.all(np.isfinite(best_pos), axis=1)
+        return DecodedPoints(keys[:, 0], keys[:, 1], best_pos, np.clip(best_conf, 0, 1)).select(found)
 
     # ------------------------------------------------------------------ network
     @torch.inference_mode()
@@ -161,7 +199,7 @@ class CoarseRefinePredictor(PoiPredictor):
                 total = pts if total is None else total + pts
                 peak = heat if peak is None else peak + heat
                 n += 1
-        confidence = (peak / n / self.heatmap_amplitude).clamp(0, 1)
+        confidence = (peak / n / self.poi_plan.heatmap_amplitude).clamp(0, 1)
         return (total / n).cpu(), confidence.cpu().double().numpy()
 
     def _flip_sets(self) -> List[Tuple[int, ...]]:

@@ -18,7 +18,7 @@ Rules (documented here because the evaluator counts what is left out as missing)
 * ``structure_with_neighbours``: every structure label of the dataset that the
   predicted segmentation holds with at least ``min_structure_voxels`` voxels
   gets every channel decoded inside its bounding box grown by
-  ``3 * heatmap_sigma_voxels + 2`` voxels per axis. The network draws each
+  ``peak_support_sigmas * heatmap_sigma_voxels + 2`` voxels per axis (both from the plan). The network draws each
   POI's peak on *every* structure in view, so the box is what tells a
   structure's own peak from its neighbours'; the flip side is that a POI
   whose true position lies outside its structure's grown box (a POI far from
@@ -34,14 +34,14 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..channels import STRUCTURE_MODE, WHOLE_IMAGE, ChannelLayout
+from ..channels import ChannelLayout
 from ..geometry import PreprocessedSpace
 from ..heatmaps import decode_heatmaps
+from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
 
 MIN_CONFIDENCE = 0.1
 MIN_STRUCTURE_VOXELS = 4
-BOX_MARGIN_SIGMAS = 3.0
 BOX_MARGIN_VOXELS = 2
 MAX_OVERSHOOT_VOXELS = 1.0
 MAX_DECODE_VOXELS = 2**26  # float32 voxels decoded at once (256 MiB)
@@ -133,15 +133,16 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
     return DecodedPoints(keys[:, 0], keys[:, 1], positions, confidence).select(found)
 
 
-def structure_margin(sigma_voxels: Sequence[float]) -> np.ndarray:
-    """Per preprocessed axis, voxels added around a structure's box: ``ceil(3 sigma + 2)``.
+def structure_margin(sigma_voxels: Sequence[float],
+                     support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> np.ndarray:
+    """Per preprocessed axis, voxels added around a structure's box: ``ceil(support_sigmas * sigma + 2)``.
 
     ``sigma_voxels`` has one entry per configuration axis; a 2d configuration's missing
     through-plane axis borrows the largest in-plane sigma.
     """
     sigma = [float(s) for s in sigma_voxels]
     sigma = [max(sigma)] * (3 - len(sigma)) + sigma
-    return np.array([math.ceil(BOX_MARGIN_SIGMAS * s + BOX_MARGIN_VOXELS) for s in sigma], dtype=int)
+    return np.array([math.ceil(support_sigmas * s + BOX_MARGIN_VOXELS) for s in sigma], dtype=int)
 
 
 def structure_boxes(segmentation: np.ndarray, labels: Sequence[int], margin: Sequence[int],
@@ -164,14 +165,15 @@ def structure_boxes(segmentation: np.ndarray, labels: Sequence[int], margin: Seq
 
 def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: ChannelLayout,
                       sigma_voxels: Sequence[float], amplitude: float, min_confidence: float = MIN_CONFIDENCE,
-                      min_structure_voxels: int = MIN_STRUCTURE_VOXELS) -> DecodedPoints:
+                      min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
+                      support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
     """Every channel decoded inside each predicted structure's grown box (see the module docstring)."""
     _check_channels(heatmaps, layout)
     if tuple(np.shape(segmentation)) != tuple(heatmaps.shape[1:]):
         raise ValueError(f"segmentation {np.shape(segmentation)} does not match heatmaps {tuple(heatmaps.shape)}")
     pois = np.array([p for _, p in layout.channel_keys], dtype=int)
     parts = []
-    for label, box in structure_boxes(segmentation, layout.layers, structure_margin(sigma_voxels),
+    for label, box in structure_boxes(segmentation, layout.layers, structure_margin(sigma_voxels, support_sigmas),
                                       min_structure_voxels):
         positions, confidence = decode_volume(heatmaps[(slice(None), *box)], amplitude)
         positions = positions + np.array([b.start for b in box], dtype=float)
@@ -182,14 +184,16 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
 
 def decode_points(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: float,
                   segmentation: Optional[np.ndarray] = None, sigma_voxels: Optional[Sequence[float]] = None,
-                  min_confidence: float = MIN_CONFIDENCE) -> DecodedPoints:
+                  min_confidence: float = MIN_CONFIDENCE,
+                  support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
     """Decode by the layout's mode; structure mode needs the preprocessed segmentation and sigma."""
     if layout.mode == WHOLE_IMAGE:
         return decode_whole_image(heatmaps, layout, amplitude, min_confidence)
     if layout.mode == STRUCTURE_MODE:
         if segmentation is None or sigma_voxels is None:
             raise ValueError("structure mode decodes inside predicted structures: pass segmentation and sigma_voxels")
-        return decode_structures(heatmaps, segmentation, layout, sigma_voxels, amplitude, min_confidence)
+        return decode_structures(heatmaps, segmentation, layout, sigma_voxels, amplitude, min_confidence,
+                                 support_sigmas=support_sigmas)
     raise ValueError(f"unknown crop mode {layout.mode!r}")
 
 

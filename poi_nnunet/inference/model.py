@@ -2,9 +2,10 @@
 
 Layout (nnU-Net's): ``$nnUNet_results/DatasetNNN_Name/<TrainerClass>__<plans>__<config>/`` holds
 ``plans.json`` and ``dataset.json`` and one ``fold_F/<checkpoint>`` per trained fold. The network
-is rebuilt through the trainer class found by :func:`trainers.registry.trainer_class` (never by
-nnU-Net's name search), with deep supervision off, and every fold's ``network_weights`` become
-one parameter set of the predictor, which averages their outputs.
+is rebuilt through the trainer class the caller names (the command-line layer resolves short names
+with :func:`trainers.registry.trainer_class`; never nnU-Net's name search), with deep supervision
+off, and every fold's ``network_weights`` become one parameter set of the trainer's
+``predictor_class``, which averages their outputs.
 """
 from __future__ import annotations
 
@@ -102,17 +103,16 @@ def _read_json(path: Path) -> Dict[str, Any]:
         raise PoiNnunetError(f"{path}: not valid JSON ({exc})") from None
 
 
-def find_model_folder(dataset: str, configuration: str, trainer: str, plans: str = DEFAULT_PLANS) -> ModelFolder:
-    """Locate ``<Trainer>__<plans>__<config>`` of a dataset and read its plans and dataset.json."""
-    from trainers.registry import trainer_class
-
-    cls = trainer_class(trainer)
+def find_model_folder(dataset: str, configuration: str, trainer_class: type,
+                      plans: str = DEFAULT_PLANS) -> ModelFolder:
+    """Locate ``<TrainerClass>__<plans>__<config>`` of a dataset and read its plans and dataset.json."""
+    cls = trainer_class
     name = _dataset_name(dataset)
     path = results_root() / name / f"{cls.__name__}__{plans}__{configuration}"
     if not path.is_dir():
         present = sorted(p.name for p in (results_root() / name).iterdir() if p.is_dir())
         raise PoiNnunetError(
-            f"{path}: no such model folder; train it with `poi_train {dataset} {configuration} {trainer}`"
+            f"{path}: no such model folder; train it with `poi_train {dataset} {configuration} {cls.__name__}`"
             + (f" (trained here: {', '.join(present)})" if present else ""))
     plans_dict = _read_json(path / "plans.json")
     dataset_json = _read_json(path / "dataset.json")
@@ -150,26 +150,12 @@ def load_fold_parameters(model: ModelFolder, folds: Sequence[FoldLike],
     return parameters, mirror_axes
 
 
-def load_poi_model(dataset: str, configuration: str, trainer: str, folds: Optional[Sequence[FoldLike]] = None,
-                   checkpoint_name: str = DEFAULT_CHECKPOINT, plans: str = DEFAULT_PLANS,
-                   device: Union[str, torch.device] = "cuda", **predictor_kwargs: Any):
-    """A ready :class:`PoiPredictor` for a trained model (``folds=None``: every fold that has the checkpoint).
-
-    ``predictor_kwargs`` go to the predictor (``use_mirroring``, ``tile_step_size``, ``allow_tqdm``,
-    ``min_confidence``, ...).
-    """
-    model = find_model_folder(dataset, configuration, trainer, plans)
-    return predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs)
-
-
 def predictor_for(model: ModelFolder, folds: Optional[Sequence[FoldLike]] = None,
                   checkpoint_name: str = DEFAULT_CHECKPOINT, device: Union[str, torch.device] = "cuda",
                   **predictor_kwargs: Any):
     """Build the network of ``model`` through its trainer class and load the folds' parameters."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from .predictor import PoiPredictor, predictor_class_for
 
     device = torch.device(device) if isinstance(device, str) else device
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -197,10 +183,13 @@ def predictor_for(model: ModelFolder, folds: Optional[Sequence[FoldLike]] = None
 
     predictor_kwargs.setdefault("allow_tqdm", False)
     predictor_kwargs.setdefault("perform_everything_on_device", device.type == "cuda")
-    predictor = predictor_class_for(model.trainer_class, PoiPredictor)(device=device, **predictor_kwargs)
+    predictor_class = getattr(model.trainer_class, "predictor_class", None)
+    if predictor_class is None:
+        raise PoiNnunetError(f"{model.trainer_class.__name__} is not a POI trainer: predict its model with "
+                             "nnU-Net's own nnUNetv2_predict")
+    predictor = predictor_class(device=device, **predictor_kwargs)
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, model.dataset_json,
-                                    model.trainer_class.__name__, mirror_axes,
-                                    heatmap_amplitude=getattr(model.trainer_class, "heatmap_amplitude", 10.0))
+                                    model.trainer_class.__name__, mirror_axes)
     predictor.model_folder = model
     predictor.folds = folds
     return predictor

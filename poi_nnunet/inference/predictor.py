@@ -20,7 +20,8 @@ Three things differ from :class:`nnUNetPredictor`, each a small override:
   outputs (segmentation logits and heatmaps alike) averaged over folds.
 
 Output channels ``[0, n_seg)`` are segmentation logits, ``[n_seg, n_seg + C)``
-heatmaps, as :class:`trainers.heatmap.PoiHeatmapTrainer` trains them.
+heatmaps, as the ``heatmap`` trainer trains them. Sigma, amplitude and peak
+support come from the plans' ``poi`` block (:class:`~poi_nnunet.plan.PoiPlan`).
 """
 from __future__ import annotations
 
@@ -36,12 +37,11 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from ..channels import STRUCTURE_MODE, ChannelLayout
+from ..channels import ChannelLayout
 from ..errors import PoiNnunetError
 from ..geometry import PreprocessedSpace
+from ..plan import STRUCTURE_MODE, PoiPlan
 from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points
-
-DEFAULT_HEATMAP_AMPLITUDE = 10.0
 
 
 class _FullWidth:
@@ -74,12 +74,6 @@ def checked_segmentation(segmentation: np.ndarray, data: Union[np.ndarray, torch
     return segmentation
 
 
-def predictor_class_for(trainer_class: type, default: type) -> type:
-    """The predictor a trainer class asks for (``poi_predictor_class()``, e.g. coarse_refine's), else ``default``."""
-    factory = getattr(trainer_class, "poi_predictor_class", None)
-    return factory() if factory is not None and default is PoiPredictor else default
-
-
 class PoiPredictor(nnUNetPredictor):
     """nnU-Net's predictor for segmentation + heatmap networks; build it with :func:`load_poi_model`
     or :meth:`from_trainer`, never with ``initialize_from_trained_model_folder`` (name search)."""
@@ -89,8 +83,7 @@ class PoiPredictor(nnUNetPredictor):
             super().__init__(*args, **kwargs)
         self.min_confidence = float(min_confidence)
         self.layout: Optional[ChannelLayout] = None
-        self.heatmap_amplitude = DEFAULT_HEATMAP_AMPLITUDE
-        self.heatmap_sigma_voxels: List[float] = []
+        self.poi_plan: Optional[PoiPlan] = None
         self.num_segmentation_outputs = 0
         self.mirror_permutation: Optional[np.ndarray] = None  # output channel permutation, None = identity
         self.left_right_axis: Optional[int] = None  # network input spatial axis, set per case
@@ -99,16 +92,11 @@ class PoiPredictor(nnUNetPredictor):
     def manual_initialization(self, network: nn.Module, plans_manager: PlansManager,
                               configuration_manager: ConfigurationManager, parameters: Optional[List[dict]],
                               dataset_json: dict, trainer_name: str,
-                              inference_allowed_mirroring_axes: Optional[Tuple[int, ...]],
-                              heatmap_amplitude: float = DEFAULT_HEATMAP_AMPLITUDE) -> None:
+                              inference_allowed_mirroring_axes: Optional[Tuple[int, ...]]) -> None:
         super().manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                       trainer_name, inference_allowed_mirroring_axes)
-        poi_block = configuration_manager.configuration.get("poi")
-        if poi_block is None:
-            raise PoiNnunetError("the model's plans have no 'poi' block: it was not planned by poi_plan_and_preprocess")
-        self.layout = ChannelLayout.from_poi_block(poi_block, dataset_json)
-        self.heatmap_amplitude = float(heatmap_amplitude)
-        self.heatmap_sigma_voxels = [float(s) for s in poi_block["heatmap_sigma_voxels"]]
+        self.poi_plan = PoiPlan.from_configuration(configuration_manager)
+        self.layout = ChannelLayout.from_plan(self.poi_plan, dataset_json)
         self.num_segmentation_outputs = int(self.label_manager.num_segmentation_heads)
         try:
             self.mirror_permutation = self._output_mirror_permutation()
@@ -128,13 +116,11 @@ class PoiPredictor(nnUNetPredictor):
         network = trainer.network.module if getattr(trainer, "is_ddp", False) else trainer.network
         kwargs.setdefault("device", trainer.device)
         kwargs.setdefault("allow_tqdm", False)
-        predictor = predictor_class_for(type(trainer), cls)(**kwargs)
+        predictor = cls(**kwargs)
         module = getattr(network, "_orig_mod", network)
         predictor.manual_initialization(network, trainer.plans_manager, trainer.configuration_manager,
                                         [module.state_dict()], trainer.dataset_json, type(trainer).__name__,
-                                        trainer.inference_allowed_mirroring_axes,
-                                        heatmap_amplitude=getattr(trainer, "heatmap_amplitude",
-                                                                  DEFAULT_HEATMAP_AMPLITUDE))
+                                        trainer.inference_allowed_mirroring_axes)
         return predictor
 
     # ------------------------------------------------------------------ sizes
@@ -251,8 +237,10 @@ class PoiPredictor(nnUNetPredictor):
             segmentation = checked_segmentation(segmentation, data)
         elif self.layout.mode == STRUCTURE_MODE:
             segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
-        points = decode_points(heatmaps, self.layout, self.heatmap_amplitude, segmentation=segmentation,
-                               sigma_voxels=self.heatmap_sigma_voxels, min_confidence=self.min_confidence)
+        plan = self.poi_plan
+        points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation,
+                               sigma_voxels=plan.heatmap_sigma_voxels, min_confidence=self.min_confidence,
+                               support_sigmas=plan.peak_support_sigmas)
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
 
     def network_input_channels(self) -> Optional[int]:

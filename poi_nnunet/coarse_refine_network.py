@@ -25,20 +25,19 @@ channels) and adds two heads:
 
 ``forward(x)`` is exactly the nnU-Net network's forward (a tensor, or a list
 under deep supervision), so nnU-Net's sliding window, deep-supervision
-switch (:attr:`decoder`) and checkpoints work unchanged. The points come from
-:meth:`forward_points`, or from ``forward`` inside :meth:`points_for`, which
-stores them on :attr:`last_points` so nnU-Net's own train step can run the
-network while the loss reads the points.
+switch (:attr:`decoder`) and checkpoints work unchanged. ``forward(x,
+structure)`` also computes the points and returns a :class:`PointPrediction`
+(the trainer calls it so, through DDP or a compiled module alike);
+:meth:`forward_points` is the same for callers that hold the bare module.
 
 Coordinates are continuous voxel indices of the network input (array order,
 voxel centres on integers), as in :mod:`poi_nnunet.heatmaps`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -165,7 +164,7 @@ class CoarseRefineNetwork(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_segmentation_outputs: int, num_channels: int, num_structures: int,
                  num_input_channels: int, refine_patch_size: Sequence[int], refine_on_features: bool = True,
-                 d_model: int = D_MODEL):
+                 d_model: int = D_MODEL, refine_jitter_voxels: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.num_segmentation_outputs = int(num_segmentation_outputs)
@@ -176,9 +175,7 @@ class CoarseRefineNetwork(nn.Module):
         patch_channels = num_input_channels + (feature_channels if refine_on_features else 0)
         self.refiner = RefinementHead(num_channels, num_structures, patch_channels, feature_channels,
                                       refine_patch_size, d_model=d_model)
-        self.refine_jitter_voxels = 0.0  # std of the noise added to patch centres while training
-        self.last_points: Optional[PointPrediction] = None
-        self._structure: Optional[Tensor] = None
+        self.refine_jitter_voxels = float(refine_jitter_voxels)  # std of the noise on patch centres while training
         self._features: Optional[Tensor] = None
         self._feature_stage().register_forward_hook(self._keep_features)
 
@@ -198,21 +195,11 @@ class CoarseRefineNetwork(nn.Module):
     def _keep_features(self, module: nn.Module, inputs, output: Tensor) -> None:
         self._features = output
 
-    def forward(self, x: Tensor):
-        if self._structure is None:
+    def forward(self, x: Tensor, structure: Optional[Tensor] = None):
+        """The backbone's output; with ``structure`` ``(B,)`` (centre layer indices) the :class:`PointPrediction`."""
+        if structure is None:
             return self.backbone(x)
-        self.last_points = self.forward_points(x, self._structure)
-        return self.last_points.output
-
-    @contextlib.contextmanager
-    def points_for(self, structure: Tensor) -> Iterator[None]:
-        """Within this context ``forward(x)`` also computes the points (``structure`` ``(B,)`` layer indices)
-        and keeps them on :attr:`last_points`."""
-        self._structure = structure
-        try:
-            yield
-        finally:
-            self._structure = None
+        return self.forward_points(x, structure)
 
     # ------------------------------------------------------------------ points
     @property

@@ -1,0 +1,106 @@
+"""The ``poi`` block of an nnU-Net configuration, read once into a typed, frozen :class:`PoiPlan`.
+
+The planner (:mod:`planners.poi_plan`) writes the block into the plans; every
+reader (trainers, loaders, predictor) goes through :meth:`PoiPlan.from_block`
+so that a key is parsed, defaulted and checked in one place. Vectors are in
+the configuration's axes (nnU-Net's transposed array axes; the last two for a
+``2d`` configuration), like ``patch_size`` and ``spacing``.
+
+Each value here is one the code uses; what the block records only for the
+reader (the separation sigma was derived from, cleaning counts) stays in the
+block and is not part of the typed plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+from .errors import PoiNnunetError
+
+# Crop modes, defined here once (the planner, the loaders and the predictor import them).
+STRUCTURE_MODE = "structure_with_neighbours"
+WHOLE_IMAGE = "whole_image"
+CROP_MODES = (STRUCTURE_MODE, WHOLE_IMAGE)
+
+# Values of version-1 blocks, which did not record them (the code then had them as constants).
+DEFAULT_HEATMAP_AMPLITUDE = 10.0
+DEFAULT_PEAK_SUPPORT_SIGMAS = 3.0
+DEFAULT_ELASTIC_MAGNITUDE_VOXELS = (1.5, 3.0)
+DEFAULT_ELASTIC_SCALE = (0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class PoiPlan:
+    """What a POI method needs from the plans' ``poi`` block.
+
+    * ``crop_mode``: :data:`STRUCTURE_MODE` (a sample is one structure with its neighbours) or
+      :data:`WHOLE_IMAGE`.
+    * ``crop_size_mm``: what one structure-mode sample must show (the structure and its neighbours);
+      the loaders bound the random shift of the crop centre so that it stays in the patch.
+    * ``heatmap_sigma_voxels`` / ``heatmap_sigma_mm``: the Gaussian target's width.
+    * ``heatmap_amplitude``: the target's peak height (targets are ``amplitude * exp(-d^2 / 2 sigma^2)``;
+      a prediction's confidence is its peak divided by it).
+    * ``peak_support_sigmas``: how many sigmas a peak reaches: a point farther than this outside a
+      patch renders nothing there, decoding fits a peak within this radius, and the refinement
+      patch covers it.
+    * ``refine_patch_size``: voxels at the configuration's spacing around each coarse point.
+    * ``elastic_magnitude_voxels`` / ``elastic_scale``: ranges of the elastic deformation of methods
+      that use it (maximum displacement in voxels; smoothness as a fraction of the patch edge).
+    * ``poi_channels``: the output channel list, ``{"structure", "poi", "name"}`` each.
+    """
+
+    crop_mode: str
+    crop_size_mm: Tuple[float, ...]
+    heatmap_sigma_mm: float
+    heatmap_sigma_voxels: Tuple[float, ...]
+    heatmap_amplitude: float
+    peak_support_sigmas: float
+    refine_patch_size: Tuple[int, ...]
+    elastic_magnitude_voxels: Tuple[float, float]
+    elastic_scale: Tuple[float, float]
+    poi_channels: Tuple[Mapping[str, Any], ...]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.poi_channels)
+
+    @property
+    def structure_mode(self) -> bool:
+        return self.crop_mode == STRUCTURE_MODE
+
+    @classmethod
+    def from_block(cls, block: Optional[Mapping[str, Any]], where: str = "the plans") -> "PoiPlan":
+        """Parse a ``poi`` block; a missing block or key is an error that says how to fix it."""
+        if block is None:
+            raise PoiNnunetError(f"{where}: the configuration has no 'poi' block; plan it with "
+                                 "poi_plan_and_preprocess")
+        try:
+            mode = str(block["crop_mode"])
+            if mode not in CROP_MODES:
+                raise PoiNnunetError(f"{where}: unknown crop_mode {mode!r} in the 'poi' block (known: {CROP_MODES})")
+            return cls(
+                crop_mode=mode,
+                crop_size_mm=tuple(float(v) for v in block["crop_size_mm"]),
+                heatmap_sigma_mm=float(block["heatmap_sigma_mm"]),
+                heatmap_sigma_voxels=tuple(float(v) for v in block["heatmap_sigma_voxels"]),
+                heatmap_amplitude=float(block.get("heatmap_amplitude", DEFAULT_HEATMAP_AMPLITUDE)),
+                peak_support_sigmas=float(block.get("peak_support_sigmas", DEFAULT_PEAK_SUPPORT_SIGMAS)),
+                refine_patch_size=tuple(int(v) for v in block["refine_patch_size"]),
+                elastic_magnitude_voxels=_pair(block.get("elastic_magnitude_voxels", DEFAULT_ELASTIC_MAGNITUDE_VOXELS)),
+                elastic_scale=_pair(block.get("elastic_scale", DEFAULT_ELASTIC_SCALE)),
+                poi_channels=tuple(dict(c) for c in block["poi_channels"]),
+            )
+        except KeyError as exc:
+            raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "
+                                 "poi_plan_and_preprocess") from None
+
+    @classmethod
+    def from_configuration(cls, configuration_manager: Any) -> "PoiPlan":
+        """The plan of an nnU-Net ``ConfigurationManager``."""
+        name = getattr(configuration_manager, "configuration_name", None) or "configuration"
+        return cls.from_block(configuration_manager.configuration.get("poi"), f"plans ({name})")
+
+
+def _pair(values: Any) -> Tuple[float, float]:
+    lo, hi = (float(v) for v in values)
+    return lo, hi

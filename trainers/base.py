@@ -1,0 +1,269 @@
+"""``PoiTrainer``: what every POI method shares, on top of nnU-Net's ``nnUNetTrainer``.
+
+A method (``heatmap``, ``coarse_refine``, ...) is a small subclass that overrides only what differs:
+
+* :meth:`PoiTrainer.add_poi_heads`: heads added to the plans' network (built from the plans alone,
+  so ``poi_predict`` rebuilds it);
+* :meth:`PoiTrainer.build_poi_loss`: its loss, called as ``loss(output, target, batch)`` with a
+  :class:`~poi_nnunet.batch.PoiBatch` and returning a :class:`~poi_nnunet.batch.LossOutput`;
+* :meth:`PoiTrainer.forward_network`: how a batch runs through the network (default: nnU-Net's
+  ``network(data)``);
+* :meth:`PoiTrainer.segmentation_output`: where the segmentation logits are in its output;
+* class attributes: ``data_loader_class`` (the loader), ``predictor_class`` (the predictor that
+  ``poi_predict`` and the end-of-training validation use), ``p_elastic_deform``.
+
+The base owns the typed plan (:class:`~poi_nnunet.plan.PoiPlan`), the channel layout, the
+preprocessed points, mirror settings and pair swaps, the loaders and augmentation, one
+``train_step`` and one ``validation_step`` (nnU-Net's, with the batch's points handed to the loss),
+and the end-of-training validation (predict the fold's validation cases and evaluate them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from poi_nnunet.augmentation import get_point_aware_training_transforms
+from poi_nnunet.batch import LossOutput, PoiBatch
+from poi_nnunet.channels import ChannelLayout
+from poi_nnunet.data_loader import PoiDataLoader, case_slots, centre_shift_voxels
+from poi_nnunet.inference import PoiPredictor, predict_preprocessed_cases
+from poi_nnunet.plan import PoiPlan
+from poi_nnunet.preprocessing import PreprocessedPois, load_preprocessed_pois
+
+NNUNET_OUTPUT_KEYS = ("loss", "tp_hard", "fp_hard", "fn_hard")
+
+
+class PoiTrainer(nnUNetTrainer):
+    """nnU-Net's trainer with POIs riding along (see the module docstring for what a method overrides)."""
+
+    data_loader_class: type = PoiDataLoader
+    predictor_class: type = PoiPredictor
+    p_elastic_deform: float = 0.0  # probability; the ranges come from the plan
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.poi_plan = PoiPlan.from_configuration(self.configuration_manager)
+        self.poi_layout = ChannelLayout.from_plan(self.poi_plan, dataset_json)
+        self.num_segmentation_outputs = self.label_manager.num_segmentation_heads
+        self.has_segmentation = len(self.label_manager.foreground_labels) > 0
+
+    # ------------------------------------------------------------------ what a method overrides
+    @classmethod
+    def add_poi_heads(cls, network: nn.Module, plan: PoiPlan, configuration_manager, num_input_channels: int,
+                      num_segmentation_outputs: int) -> nn.Module:
+        """The method's heads on the plans' network (default: none)."""
+        return network
+
+    def build_poi_loss(self, segmentation_loss: Optional[nn.Module]) -> nn.Module:
+        """The method's loss around nnU-Net's (None for a landmark-only dataset)."""
+        raise NotImplementedError(f"{type(self).__name__} must define build_poi_loss")
+
+    def forward_network(self, data: torch.Tensor, batch: PoiBatch):
+        """Run the network on a batch; what it returns is what the loss gets as ``output``."""
+        return self.network(data)
+
+    def segmentation_output(self, output):
+        """nnU-Net's segmentation logits (a list under deep supervision) within the network's output."""
+        if isinstance(output, (list, tuple)):
+            return [o[:, : self.num_segmentation_outputs] for o in output]
+        return output[:, : self.num_segmentation_outputs]
+
+    # ------------------------------------------------------------------ network and loss
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """The plans' nnU-Net network plus the method's heads, rebuildable from the plans alone."""
+        network = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                           num_output_channels, enable_deep_supervision)
+        plan = PoiPlan.from_configuration(configuration_manager)
+        return cls.add_poi_heads(network, plan, configuration_manager, num_input_channels, num_output_channels)
+
+    def _build_loss(self) -> nn.Module:
+        return self.build_poi_loss(super()._build_loss() if self.has_segmentation else None)
+
+    # ------------------------------------------------------------------ steps
+    def _on_device(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+        else:
+            target = target.to(self.device, non_blocking=True)
+        return data, target, PoiBatch.from_loader(batch, self.device)
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's step (AMP on CUDA, gradient clipping at 12), with the batch's points passed to the loss."""
+        data, target, points = self._on_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            result: LossOutput = self.loss(self.forward_network(data, points), target, points)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(result.total).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            result.total.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": result.total.detach().cpu().numpy(), **result.terms}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> dict:
+        """The loss plus nnU-Net's online pseudo-Dice counts on the segmentation channels."""
+        data, target, points = self._on_device(batch)
+        with self._autocast():
+            output = self.forward_network(data, points)
+            result: LossOutput = self.loss(output, target, points)
+        seg = self.segmentation_output(output)
+        seg, target = (seg[0], target[0]) if isinstance(seg, list) else (seg, target)
+        tp, fp, fn = self._pseudo_dice_counts(seg, target)
+        return {"loss": result.total.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn,
+                **result.terms}
+
+    def _pseudo_dice_counts(self, output: torch.Tensor, target: torch.Tensor) -> Tuple[np.ndarray, ...]:
+        """True/false positives and false negatives per foreground class, as nnU-Net's validation step counts them."""
+        axes = [0] + list(range(2, output.ndim))
+        lm = self.label_manager
+        if lm.has_regions:
+            predicted = (torch.sigmoid(output) > 0.5).long()
+        else:
+            predicted = torch.zeros(output.shape, device=output.device, dtype=torch.float16)
+            predicted.scatter_(1, output.argmax(1)[:, None], 1)
+        mask = None
+        if lm.has_ignore_label:
+            if not lm.has_regions:
+                mask = (target != lm.ignore_label).float()
+                target = torch.where(target == lm.ignore_label, torch.zeros_like(target), target)
+            else:
+                mask = ~target[:, -1:] if target.dtype == torch.bool else 1 - target[:, -1:]
+                target = target[:, :-1]
+        tp, fp, fn, _ = get_tp_fp_fn_tn(predicted, target, axes=axes, mask=mask)
+        counts = [x.detach().cpu().numpy() for x in (tp, fp, fn)]
+        return tuple(counts if lm.has_regions else [c[1:] for c in counts])
+
+    def on_train_epoch_end(self, train_outputs: List[dict]) -> None:
+        super().on_train_epoch_end(train_outputs)
+        self._log_terms("train", train_outputs)
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
+        super().on_validation_epoch_end(val_outputs)
+        self._log_terms("val", val_outputs)
+
+    def _log_terms(self, split: str, outputs: List[dict]) -> None:
+        names = [k for k in outputs[0] if k not in NNUNET_OUTPUT_KEYS] if outputs else []
+        if names:
+            means = {k: float(np.nanmean([o[k] for o in outputs])) for k in names}
+            self.print_to_log_file(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+
+    # ------------------------------------------------------------------ end of training
+    def perform_actual_validation(self, save_probabilities: bool = False) -> Optional[dict]:
+        """Predict the fold's validation cases with the method's predictor, write them as poi_predict
+        would, and evaluate them against the raw dataset's ``poisTr`` (cleaned points included:
+        cleaning decides what is learnt, not what counts as truth)."""
+        from poi_nnunet.evaluation import evaluate_folders
+        from poi_nnunet.evaluation.report import format_table
+        from poi_nnunet.raw_dataset import raw_root
+
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        _, val_keys = self.do_split()
+        out_dir = Path(self.output_folder) / "validation"
+        predictor = self.predictor_class.from_trainer(self)
+        predict_preprocessed_cases(predictor, self.preprocessed_dataset_folder, val_keys, out_dir)
+        self.set_deep_supervision_enabled(True)
+        reference = raw_root() / self.plans_manager.dataset_name / "poisTr"
+        if not reference.is_dir():
+            self.print_to_log_file(f"no reference points at {reference}; validation predictions are in {out_dir}")
+            return None
+        summary = evaluate_folders(reference, out_dir, out_dir / "evaluation", cases=sorted(val_keys))
+        self.print_to_log_file("validation:\n" + format_table(summary))
+        return summary
+
+    # ------------------------------------------------------------------ data
+    def load_points(self, keys) -> Dict[str, PreprocessedPois]:
+        return {k: load_preprocessed_pois(self.preprocessed_dataset_folder, k) for k in keys}
+
+    def mirror_settings(self, points: Dict[str, PreprocessedPois], mirror_axes) -> Tuple[tuple, dict]:
+        """Mirror axes to use, and how slots, layers and labels swap when the left-right axis is flipped.
+
+        nnU-Net does not reorient images, so the left-right patch axis is read from each case's
+        direction. Where cases disagree, no single swap is right for all of them: mirroring is then
+        limited to axes that are left-right in no case, which needs no swap at all.
+        """
+        pairs = self.dataset_json.get("poi_mirror_pairs") or []
+        structures = self.dataset_json.get("structure_mirror_pairs") or []
+        none = {"swap_axes": (), "slot_permutation": None, "label_swaps": (), "layer_permutation": None}
+        if not pairs and not structures or not mirror_axes:
+            return mirror_axes, none
+        offset = 3 - len(self.configuration_manager.patch_size)
+        lr_axes = {p.space.left_right_axis() - offset for p in points.values()}
+        if len(lr_axes) > 1:
+            kept = tuple(a for a in mirror_axes if a not in lr_axes)
+            self.print_to_log_file(f"left-right axis differs between cases ({sorted(lr_axes)}): mirroring only "
+                                   f"along {kept}")
+            return kept, none
+        axis = lr_axes.pop()
+        return mirror_axes, {"swap_axes": (axis,) if axis >= 0 else (),
+                             "slot_permutation": self.poi_layout.mirror_permutation(pairs, structures),
+                             "label_swaps": tuple(tuple(p) for p in structures),
+                             "layer_permutation": self.poi_layout.layer_permutation(structures)}
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders and augmentation with points riding along (``data_loader_class``)."""
+        if self.dataset_class is None:
+            from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        tr_keys, val_keys = list(dataset_tr.identifiers), list(dataset_val.identifiers)
+        points = self.load_points(tr_keys + val_keys)
+        slots = {k: case_slots(p, self.poi_layout) for k, p in points.items()}
+        mirror_axes, mirroring = self.mirror_settings(points, mirror_axes)
+        labels = dict(foreground_labels=self.label_manager.foreground_labels,
+                      regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+                      ignore_label=self.label_manager.ignore_label)
+        tr_transforms = get_point_aware_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            **labels, **mirroring, p_elastic_deform=self.p_elastic_deform,
+            elastic_deform_scale=self.poi_plan.elastic_scale,
+            elastic_deform_magnitude=self.poi_plan.elastic_magnitude_voxels)
+        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded, **labels)
+        spacing = [float(s) for s in self.configuration_manager.spacing]
+        common = dict(label_manager=self.label_manager, layout=self.poi_layout, slots=slots,
+                      structure_centred=self.poi_plan.structure_mode, spacing=spacing,
+                      centre_shift=centre_shift_voxels(self.poi_plan, spacing, patch_size),
+                      oversample_foreground_percent=self.oversample_foreground_percent,
+                      probabilistic_oversampling=self.probabilistic_oversampling)
+        loader = self.data_loader_class
+        dl_tr = loader(dataset_tr, self.batch_size, initial_patch_size, patch_size, transforms=tr_transforms, **common)
+        dl_val = loader(dataset_val, self.batch_size, patch_size, patch_size, transforms=val_transforms, **common)
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            mt_tr, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            mt_tr = NonDetMultiThreadedAugmenter(dl_tr, None, processes, max(6, processes // 2), None, pin, 0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, processes // 2), max(3, processes // 4),
+                                                  None, pin, 0.002)
+        _ = next(mt_tr), next(mt_val)
+        return mt_tr, mt_val
