@@ -95,14 +95,15 @@ def predict_all(work: Path, plans: str) -> Dict[str, Dict[str, Dict[str, float]]
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
     from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
-    from poi_nnunet.inference import decode_points, find_model_folder, predictor_for
+    from poi_nnunet.inference import decode_points, predictor_for
+    from poi_nnunet.trained_models import find_model
     from poi_nnunet.inference.inputs import list_input_cases
     from poi_nnunet.pois import read_poi_file
 
     raw = work / "raw" / DATASET
     options = dict(device="cpu", use_mirroring=False, min_confidence=0.0)  # every channel of every structure
-    hm = predictor_for(find_model_folder("501", "3d_fullres", "heatmap", plans), ["all"], **options)
-    cr = predictor_for(find_model_folder("501", "3d_fullres", "coarse_refine", plans), ["all"], **options)
+    hm = predictor_for(find_model("501", "3d_fullres", "heatmap", plans), ["all"], **options)
+    cr = predictor_for(find_model("501", "3d_fullres", "coarse_refine", plans), ["all"], **options)
     cases = list_input_cases(raw / "imagesTs", ".nii.gz", 2)
     pre = DefaultPreprocessor(verbose=False)
     rows: Dict[str, List] = {}
@@ -116,9 +117,10 @@ def predict_all(work: Path, plans: str) -> Dict[str, Dict[str, Dict[str, float]]
         heat = hm.predict_case(data, space)
         found = {
             ("heatmap", "predicted"): heat.points,
-            ("heatmap", "gt-labels"): decode_points(heat.heatmaps, hm.layout, hm.heatmap_amplitude, segmentation=labels,
-                                                    sigma_voxels=hm.heatmap_sigma_voxels,
-                                                    min_confidence=hm.min_confidence),
+            ("heatmap", "gt-labels"): decode_points(heat.heatmaps, hm.layout, hm.poi_plan.heatmap_amplitude,
+                                                    segmentation=labels, sigma_voxels=hm.poi_plan.heatmap_sigma_voxels,
+                                                    min_confidence=hm.min_confidence,
+                                                    support_sigmas=hm.poi_plan.peak_support_sigmas),
         }
         for stage in ("coarse", "refined"):
             cr.point_stage = stage

@@ -147,3 +147,14 @@ def test_unknown_trainer_and_unplanned_dataset_are_clear_errors(env: Dict[str, P
     assert "no configuration '3d_lowres'" in capsys.readouterr().err
     assert train_main(["999", "2d", "heatmap", "-device", "cpu"]) == 2
     assert "poi_plan_and_preprocess -d 999" in capsys.readouterr().err
+
+
+def test_nnunet_baseline_trains_with_the_same_command_on_the_same_plans(env: Dict[str, Path]) -> None:
+    """``poi_train 503 2d nnunet``: nnU-Net's own trainer, unchanged, in nnU-Net's results layout."""
+    assert train_main(["503", "2d", "nnunet", "-f", "0", *SHORT, "--no_validation"]) == 0
+    fold = env["nnUNet_results"] / "Dataset503_Xray" / "nnUNetTrainer__poiPlans__2d" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == "nnUNetTrainer"
+    # segmentation only: its last layer has one output per label (background + 5 structures), no heatmaps
+    last = [v for k, v in checkpoint["network_weights"].items() if k.endswith("seg_layers.0.weight")]
+    assert last and all(w.shape[0] == 6 for w in last)
