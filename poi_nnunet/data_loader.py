@@ -31,17 +31,16 @@ above and below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
 from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_VOXEL_SCALE
 from .channels import ChannelLayout
-from .geometry import inside_extent
+from .geometry import CropBox, drop_slice_axis, inside_extent, last_axes, pad_axes
 from .plan import STRUCTURE_MODE, PoiPlan
 from .preprocessing import PreprocessedPois
 
@@ -81,7 +80,8 @@ def centre_shift_voxels(plan: PoiPlan, spacing: Sequence[float], patch_size: Seq
     eighth.
     """
     patch = np.asarray(patch_size, dtype=float)
-    crop = np.asarray(plan.crop_size_mm, dtype=float)[-len(patch):] / np.asarray(spacing, dtype=float)[-len(patch):]
+    crop_mm = last_axes(np.asarray(plan.crop_size_mm, dtype=float), len(patch))
+    crop = crop_mm / last_axes(np.asarray(spacing, dtype=float), len(patch))
     return np.clip((patch - crop) / 2, patch / 16, patch / 8)
 
 
@@ -113,21 +113,23 @@ class PoiDataLoader(nnUNetDataLoader):
         usable = case.usable.reshape(self.layout.num_layers, self.layout.num_channels)[layer]
         return case.positions.reshape(self.layout.num_layers, self.layout.num_channels, 3)[layer][usable].mean(axis=0)
 
-    def structure_centred_bbox(self, key: str, shape: Sequence[int], case: CaseSlots
-                               ) -> Tuple[int, Optional[Tuple[List[int], List[int]]]]:
-        """A random annotated structure's layer and a crop centred on it (``(-1, None)`` when there is none)."""
+    def structure_centred_bbox(self, key: str, shape: Sequence[int], case: CaseSlots) -> Tuple[int, Optional[CropBox]]:
+        """A random annotated structure's layer and a crop centred on it (``(-1, None)`` when there is none).
+
+        The crop is :meth:`CropBox.centred_on` the structure's centre plus a random shift, the rule the
+        coarse_refine predictor centres its crops by (without the shift). ``shape``: the case's array
+        (3 axes); a 2d configuration's ``patch_size`` and crop start with its axis of one slice, which
+        is never shifted.
+        """
         usable = case.usable.reshape(self.layout.num_layers, self.layout.num_channels)
         layers = np.flatnonzero(usable.any(axis=1))
         if len(layers) == 0:
             return -1, None
         layer = int(np.random.choice(layers))
-        centre = self.crop_centre(key, case, layer)[3 - len(shape):]
-        patch = np.asarray(self.patch_size)
-        bound = np.zeros(len(shape))  # a 2d configuration's data has a leading axis of one slice
-        bound[len(shape) - len(self.centre_shift):] = self.centre_shift
+        centre = last_axes(self.crop_centre(key, case, layer), len(shape))
+        bound = pad_axes(self.centre_shift, len(shape), 0.0)
         shift = np.random.uniform(-1, 1, size=len(shape)) * bound
-        lbs = [int(round(c + s - p / 2)) for c, s, p in zip(centre, shift, patch)]
-        return layer, (lbs, [lb + int(p) for lb, p in zip(lbs, patch)])
+        return layer, CropBox.centred_on(centre, self.patch_size, shift)
 
     # ------------------------------------------------------------------ batch
     def generate_train_batch(self) -> dict:
@@ -139,21 +141,18 @@ class PoiDataLoader(nnUNetDataLoader):
                 data, seg, seg_prev, properties = self._data.load_case(key)
                 case = self.slots[key]
                 shape = data.shape[1:]
-                layer, bbox = self.structure_centred_bbox(key, shape, case) if self.structure_centred else (-1, None)
+                layer, box = self.structure_centred_bbox(key, shape, case) if self.structure_centred else (-1, None)
                 if self.layout.mode != STRUCTURE_MODE:
                     layer = 0
-                if bbox is None:
-                    bbox = self.get_bbox(shape, self.get_do_oversample(j), properties["class_locations"])
-                lbs, ubs = bbox
-                box = [[lo, hi] for lo, hi in zip(lbs, ubs)]
-                image = torch.from_numpy(crop_and_pad_nd(data, box, 0)).float()
-                label = torch.from_numpy(crop_and_pad_nd(seg, box, -1, cast_cropped_to=np.int16)).to(torch.int16)
-                points = case.positions - np.asarray(lbs, dtype=np.float64)
+                if box is None:
+                    box = CropBox.from_bounds(*self.get_bbox(shape, self.get_do_oversample(j),
+                                                             properties["class_locations"]))
+                image = torch.from_numpy(box.cut(data, 0)).float()
+                label = torch.from_numpy(box.cut(seg, -1, cast_to=np.int16)).to(torch.int16)
+                points = box.to_crop(case.positions)
                 if self.patch_size_was_2d:
                     image, label = image[:, 0], label[:, 0]
-                    off_slice = np.abs(points[:, 0]) > 0.5
-                    points = points[:, 1:].copy()
-                    points[off_slice] = np.nan  # a 2D sample sees one slice; points elsewhere are unknown here
+                    points = drop_slice_axis(points)
                 sample = {"image": image, "segmentation": label, CENTRE_LAYER: layer,
                           KEYPOINTS: torch.from_numpy(points), KEYPOINTS_VALID: torch.from_numpy(np.isfinite(points).all(1))}
                 if self.transforms is not None:
@@ -188,10 +187,9 @@ class PoiDataLoader(nnUNetDataLoader):
 
         Dummy-2D augmentation scales the two in-plane axes only; the folded axis keeps its spacing.
         """
-        full = np.ones(len(self.spacing))
-        if scale is not None:
-            full[len(full) - len(scale):] = np.asarray(scale, dtype=np.float64)
-        return self.spacing * full
+        if scale is None:
+            return self.spacing.copy()
+        return self.spacing * pad_axes(scale, len(self.spacing), 1.0)
 
     def channel_valid(self, usable: np.ndarray, segmentation: torch.Tensor) -> np.ndarray:
         """Which channels have a known target in this patch (see the module docstring)."""

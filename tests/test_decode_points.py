@@ -180,7 +180,7 @@ def test_structure_mode_skips_tiny_and_unknown_structures() -> None:
     seg[10:14, 10:14, 10:14] = 7  # not a structure label of the dataset
     boxes = structure_boxes(seg, [1, 2], margin=(3, 3, 3))
     assert [label for label, _ in boxes] == [1]
-    assert boxes[0][1] == (slice(0, 11), slice(0, 11), slice(0, 11))
+    assert boxes[0][1].slices == (slice(0, 11), slice(0, 11), slice(0, 11))
     layout = _structure_layout([101])
     maps = _render(np.array([[[4.2, 5.1, 3.3]]]), shape, 1.0)
     decoded = decode_points(maps, layout, AMPLITUDE, segmentation=seg, sigma_voxels=(1.0, 1.0, 1.0))

@@ -196,8 +196,9 @@ def test_whole_image_coarse_refine_finds_a_landmark_outside_the_central_crop(mon
         "patch_size": [32, 32]})()), raising=False)
     tiles = predictor.whole_image_tiles(np.array([64.0, 64.0]), np.array([32.0, 32.0]))
     covered = np.zeros((64, 64), dtype=bool)
-    for start in tiles:
-        covered[start[0]:start[0] + 32, start[1]:start[1] + 32] = True
+    for box in tiles:
+        assert box.size == (32, 32)
+        covered[box.slices] = True
     assert covered.all()
     points = predictor.predict_points(torch.from_numpy(image), None)
     assert points.structures.tolist() == [3] and points.pois.tolist() == [7]

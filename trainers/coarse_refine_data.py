@@ -9,6 +9,8 @@ estimated from nnU-Net's ``class_locations`` (the preprocessor's random sample
 of each label's voxels, up to 10,000, so the estimate is a fraction of a voxel
 off), plus the parent's random shift. A structure with POIs but no label
 voxels in the case (or no labels at all) falls back to the parent's POI mean.
+The crop around the centre is :meth:`poi_nnunet.geometry.CropBox.centred_on`
+in both, so for the same centre training and inference cut the same box.
 """
 from __future__ import annotations
 

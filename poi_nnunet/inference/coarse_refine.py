@@ -8,7 +8,8 @@ Per case, in nnU-Net's preprocessed space:
    also the segmentation written out. Every structure label of the plans' layout holding at least
    ``min_structure_voxels`` voxels gets one crop.
 2. **Crops.** A patch-size crop centred on the label's centroid (the training crops' centre, see
-   :mod:`trainers.coarse_refine_data`), zero-padded where it leaves the volume as the loader pads.
+   :mod:`trainers.coarse_refine_data`) by :meth:`~poi_nnunet.geometry.CropBox.centred_on`, the rule the
+   loader crops by, and zero-padded where it leaves the volume as the loader pads (:meth:`CropBox.cut`).
    In whole-image mode one crop centred on the image where the image fits the patch; where it does
    not, nnU-Net's sliding-window tiles cover it, and each channel's point comes from the tile where
    its heatmap peak is highest, so no part of the image is left unsearched.
@@ -32,10 +33,9 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
 from ..errors import PoiNnunetError
-from ..geometry import PreprocessedSpace
+from ..geometry import CropBox, PreprocessedSpace, flip_points, last_axes, pad_to_3d
 from ..plan import STRUCTURE_MODE
 from .decoding import MIN_STRUCTURE_VOXELS, DecodedPoints
 from .predictor import CasePrediction, PoiPredictor, checked_segmentation
@@ -91,10 +91,10 @@ class CoarseRefinePredictor(PoiPredictor):
 
     # ------------------------------------------------------------------ crops
     def structure_crops(self, data_shape: Sequence[int], segmentation: Optional[np.ndarray]
-                        ) -> List[Tuple[int, int, List[int]]]:
-        """``(structure label, layer index, crop start)`` of every crop (array axes of the network input)."""
+                        ) -> List[Tuple[int, int, CropBox]]:
+        """``(structure label, layer index, crop)`` of every crop (array axes of the network input)."""
         patch = np.asarray(self.configuration_manager.patch_size, dtype=float)
-        shape = np.asarray(data_shape, dtype=float)[-len(patch):]
+        shape = last_axes(np.asarray(data_shape, dtype=float), len(patch))
         if self.layout.mode != STRUCTURE_MODE:
             return [(0, 0, start) for start in self.whole_image_tiles(shape, patch)]
         if segmentation is None:
@@ -108,21 +108,20 @@ class CoarseRefinePredictor(PoiPredictor):
             if len(where[0]) < self.min_structure_voxels:
                 continue
             centroid = np.array([w.mean() for w in where])
-            start = np.round(centroid - patch / 2).astype(int)  # as the loader's round(c - p / 2)
-            crops.append((int(label), layer, start.tolist()))
+            crops.append((int(label), layer, CropBox.centred_on(centroid, patch)))  # as the loader, without its shift
         return crops
 
-    def whole_image_tiles(self, shape: np.ndarray, patch: np.ndarray) -> List[List[int]]:
-        """Crop starts covering the whole image: one centred crop where it fits the patch, else nnU-Net's
+    def whole_image_tiles(self, shape: np.ndarray, patch: np.ndarray) -> List[CropBox]:
+        """Crops covering the whole image: one centred crop where it fits the patch, else nnU-Net's
         sliding-window tiles (``tile_step_size`` overlap) along every axis larger than the patch."""
         from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 
+        centred = CropBox.centred_in(shape, patch)  # also the start along axes no larger than the patch
         if np.all(shape <= patch):
-            return [np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int).tolist()]
+            return [centred]
         size = np.maximum(shape, patch).astype(int)
         steps = compute_steps_for_sliding_window(tuple(size), tuple(patch.astype(int)), self.tile_step_size)
-        centred = np.round((shape - 1) / 2 - (patch - 1) / 2).astype(int)  # axes smaller than the patch
-        return [[int(s) if n > p else int(c) for s, n, p, c in zip(start, shape, patch, centred)]
+        return [CropBox([s if n > p else c for s, n, p, c in zip(start, shape, patch, centred.start)], centred.size)
                 for start in itertools.product(*steps)]
 
     def predict_points(self, data: torch.Tensor, segmentation: Optional[np.ndarray]) -> DecodedPoints:
@@ -133,25 +132,21 @@ class CoarseRefinePredictor(PoiPredictor):
         volume = data[:, 0].numpy() if len(patch) == 2 else data.numpy()
         crops = self.structure_crops(data.shape[1:], segmentation)
         if self.layout.mode != STRUCTURE_MODE:  # channel c is the pair channel_keys[c]
-            return self.tiled_points(volume, crops, patch)
+            return self.tiled_points(volume, crops)
         pois = np.array([p for _, p in self.layout.channel_keys], dtype=int)
         parts = []
         for i in range(0, len(crops), self.crop_batch_size):
             chunk = crops[i:i + self.crop_batch_size]
-            images = [crop_and_pad_nd(volume, [[s, s + p] for s, p in zip(start, patch)], 0) for _, _, start in chunk]
-            x = torch.from_numpy(np.stack(images)).float()
+            x = torch.from_numpy(np.stack([box.cut(volume, 0) for _, _, box in chunk])).float()
             layers = torch.tensor([layer for _, layer, _ in chunk], dtype=torch.long)
             coords, confidence = self.crop_points(x, layers)
-            for (label, _, start), c, conf in zip(chunk, coords, confidence):
-                positions = c.double().numpy() + np.asarray(start, dtype=float)
-                if len(patch) == 2:
-                    positions = np.concatenate([np.zeros((len(positions), 1)), positions], 1)
+            for (label, _, box), c, conf in zip(chunk, coords, confidence):
+                positions = pad_to_3d(box.from_crop(c.double().numpy()))  # a 2d model's points get z = 0
                 found = (conf >= self.min_confidence) & np.all(np.isfinite(positions), axis=1)
                 parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, conf).select(found))
         return DecodedPoints.concatenate(parts)
 
-    def tiled_points(self, volume: np.ndarray, crops: List[Tuple[int, int, List[int]]],
-                     patch: List[int]) -> DecodedPoints:
+    def tiled_points(self, volume: np.ndarray, crops: List[Tuple[int, int, CropBox]]) -> DecodedPoints:
         """Whole-image points from several tiles: each channel's point comes from the tile where its
         heatmap peak is highest (the tile that sees the landmark; a tile without it was trained to a
         flat heatmap there)."""
@@ -159,13 +154,11 @@ class CoarseRefinePredictor(PoiPredictor):
         best_pos = np.full((self.layout.num_channels, 3), np.nan)
         for i in range(0, len(crops), self.crop_batch_size):
             chunk = crops[i:i + self.crop_batch_size]
-            images = [crop_and_pad_nd(volume, [[s, s + p] for s, p in zip(start, patch)], 0) for _, _, start in chunk]
+            images = [box.cut(volume, 0) for _, _, box in chunk]
             coords, confidence = self.crop_points(torch.from_numpy(np.stack(images)).float(),
                                                   torch.zeros(len(chunk), dtype=torch.long))
-            for (_, _, start), c, conf in zip(chunk, coords, confidence):
-                positions = c.double().numpy() + np.asarray(start, dtype=float)
-                if len(patch) == 2:
-                    positions = np.concatenate([np.zeros((len(positions), 1)), positions], 1)
+            for (_, _, box), c, conf in zip(chunk, coords, confidence):
+                positions = pad_to_3d(box.from_crop(c.double().numpy()))
                 better = conf > best_conf
                 best_conf[better], best_pos[better] = conf[better], positions[better]
         keys = np.array(self.layout.channel_keys, dtype=int).reshape(-1, 2)
@@ -191,8 +184,8 @@ class CoarseRefinePredictor(PoiPredictor):
                 out = network.forward_points(xs, structure)
                 pts = (out.refined if self.point_stage == "refined" else out.coarse).float()
                 heat = out.heatmaps.flatten(2).amax(-1).float()
-                for a in flip:
-                    pts[..., a] = x.shape[2 + a] - 1 - pts[..., a]
+                if flip:
+                    pts = flip_points(pts, flip, x.shape[2:])  # back to the unflipped crop's voxels
                 if self._flips_left_right(flip):
                     perm = torch.as_tensor(self._channel_permutation(), device=pts.device)
                     pts, heat = pts.index_select(1, perm), heat.index_select(1, perm)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..channels import ChannelLayout
-from ..geometry import PreprocessedSpace
+from ..geometry import CropBox, PreprocessedSpace, pad_axes, pad_to_3d
 from ..heatmaps import decode_heatmaps
 from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
@@ -111,16 +111,13 @@ def decode_volume(heatmaps: torch.Tensor, amplitude: float) -> Tuple[np.ndarray,
     coords, confidence = [], []
     for start in range(0, heatmaps.shape[0], per_group):
         maps = heatmaps[start:start + per_group].float()
-        if maps.shape[1] == 1:
-            c, p = decode_heatmaps(maps[None, :, 0], amplitude=amplitude)
-            c = torch.cat([torch.zeros_like(c[..., :1]), c], -1)
-        else:
-            c, p = decode_heatmaps(maps[None], amplitude=amplitude)
-        coords.append(c[0].double().cpu())
-        confidence.append(p[0].double().cpu())
+        one_slice = maps.shape[1] == 1
+        c, p = decode_heatmaps(maps[None, :, 0] if one_slice else maps[None], amplitude=amplitude)
+        coords.append(pad_to_3d(c[0].double().cpu().numpy()))  # a 2D image's points get z = 0
+        confidence.append(p[0].double().cpu().numpy())
     if not coords:
         return np.zeros((0, 3)), np.zeros(0)
-    return torch.cat(coords).numpy(), torch.cat(confidence).numpy()
+    return np.concatenate(coords), np.concatenate(confidence)
 
 
 def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: float,
@@ -140,16 +137,16 @@ def structure_margin(sigma_voxels: Sequence[float],
     ``sigma_voxels`` has one entry per configuration axis; a 2d configuration's missing
     through-plane axis borrows the largest in-plane sigma.
     """
-    sigma = [float(s) for s in sigma_voxels]
-    sigma = [max(sigma)] * (3 - len(sigma)) + sigma
+    sigma = pad_axes(sigma_voxels, 3, fill=max(float(s) for s in sigma_voxels))
     return np.array([math.ceil(support_sigmas * s + BOX_MARGIN_VOXELS) for s in sigma], dtype=int)
 
 
 def structure_boxes(segmentation: np.ndarray, labels: Sequence[int], margin: Sequence[int],
-                    min_voxels: int = MIN_STRUCTURE_VOXELS) -> List[Tuple[int, Tuple[slice, ...]]]:
+                    min_voxels: int = MIN_STRUCTURE_VOXELS) -> List[Tuple[int, CropBox]]:
     """``(label, box)`` for each of ``labels`` the segmentation holds with at least ``min_voxels`` voxels.
 
-    A box is the label's bounding box grown by ``margin`` voxels per axis, clipped to the array.
+    A box is the label's bounding box grown by ``margin`` voxels per axis, clipped to the array
+    (3 axes, like the segmentation).
     """
     seg = np.asarray(segmentation)
     boxes = []
@@ -157,9 +154,7 @@ def structure_boxes(segmentation: np.ndarray, labels: Sequence[int], margin: Seq
         where = np.nonzero(seg == label)
         if len(where[0]) < min_voxels:
             continue
-        box = tuple(slice(max(int(w.min()) - int(m), 0), min(int(w.max()) + 1 + int(m), n))
-                    for w, m, n in zip(where, margin, seg.shape))
-        boxes.append((int(label), box))
+        boxes.append((int(label), CropBox.enclosing(where).grown(margin).clipped(seg.shape)))
     return boxes
 
 
@@ -175,8 +170,8 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
     parts = []
     for label, box in structure_boxes(segmentation, layout.layers, structure_margin(sigma_voxels, support_sigmas),
                                       min_structure_voxels):
-        positions, confidence = decode_volume(heatmaps[(slice(None), *box)], amplitude)
-        positions = positions + np.array([b.start for b in box], dtype=float)
+        positions, confidence = decode_volume(heatmaps[(slice(None), *box.slices)], amplitude)
+        positions = box.from_crop(positions)
         found = confidence >= min_confidence
         parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, confidence).select(found))
     return DecodedPoints.concatenate(parts)
