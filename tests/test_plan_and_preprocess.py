@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Dict
 
 import blosc2
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from dataset_conversion.synthetic_spine import DISPLACED_FILE, write_spine_dataset
@@ -101,11 +103,44 @@ def test_poi_blocks_differ_between_spine_and_xray(runs) -> None:
         spacing = np.array(config["spacing"])
         plan = PoiPlan.from_block(block)  # what every trainer and the predictor read
         assert plan.heatmap_amplitude > 0 and plan.elastic_magnitude_voxels[1] >= 3.0
-        # a quarter of the POI separation, never below two voxels; the plans say whether peaks stay apart
-        sigma, separation = block["heatmap_sigma_mm"], block["poi_separation_mm"]
-        assert sigma == pytest.approx(max(separation / 4.0, 2.0 * float(np.median(spacing))), abs=1e-4)
-        assert np.median(np.array(block["heatmap_sigma_voxels"])) >= 2.0 - 1e-3  # never a one-voxel spike
-        assert block["peaks_separable"] == (separation >= 2.5 * sigma - 1e-4)
+        assert np.all(np.array(block["crop_size_mm"]) > 0) and len(block["crop_size_mm"]) == len(spacing)
+
+
+def _separation_from_raw_files(runs, name: str) -> float:
+    """The plans' POI separation measured directly on the raw POI files: per case and structure, each
+    point's distance (world mm) to its nearest other POI, 5th percentile over all points, leaving out
+    the points the cleaning removed from training."""
+    ds = RawDataset.open(runs["nnUNet_raw"] / name)
+    report = json.loads((runs["nnUNet_preprocessed"] / name / "poi_cleaning.json").read_text())
+    flagged = {(f["case"], f["structure"], f["poi"]) for f in report["flagged"]}
+    nearest = []
+    for case in ds.case_ids("Tr"):
+        points = json.loads(Path(ds.poi_file(case)).read_text())["points"]
+        for p in points:
+            others = [q for q in points if q["structure"] == p["structure"] and q["poi"] != p["poi"]]
+            if others and (case, p["structure"], p["poi"]) not in flagged:
+                nearest.append(min(float(np.linalg.norm(np.subtract(q["position"], p["position"]))) for q in others))
+    return float(np.percentile(nearest, 5))
+
+
+@pytest.mark.parametrize("name, config", [(SPINE, "3d_fullres"), (SPINE, "2d"), (XRAY, "2d"), (LANDMARKS, "2d")])
+def test_heatmap_width_for_the_phantoms(runs, name: str, config: str) -> None:
+    """The phantoms' POIs lie a voxel or two apart, far closer than the 8 voxels at which a quarter
+    of the separation would pass the two-voxel floor: so every phantom's heatmap is exactly two voxels
+    wide along its median-spacing axis (the X-ray grids are isotropic: two on both), and neighbouring
+    peaks overlap (not separable)."""
+    configuration = _plans(runs, name)["configurations"][config]
+    block = configuration["poi"]
+    spacing = np.array(configuration["spacing"])
+    separation = _separation_from_raw_files(runs, name)
+    assert block["poi_separation_mm"] == pytest.approx(separation, abs=1e-3)
+    assert separation < 2.5 * 2 * spacing.min()  # the premise: the floor wins and the peaks overlap
+    sigma_voxels = np.array(block["heatmap_sigma_voxels"])
+    np.testing.assert_allclose(block["heatmap_sigma_mm"] / spacing, sigma_voxels, atol=1e-3)
+    assert float(np.median(sigma_voxels)) == pytest.approx(2.0, abs=1e-3)
+    if name != SPINE:
+        np.testing.assert_allclose(sigma_voxels, [2.0, 2.0], atol=1e-4)
+    assert block["peaks_separable"] is False
 
 
 def test_displaced_pois_are_cleaned_from_training_targets(runs) -> None:
@@ -134,8 +169,27 @@ def test_every_case_round_trips_through_preprocessed_space(runs, name: str) -> N
             assert pois.keys() == raw.keys()
             shape = blosc2.open(str(folder / f"{case}.b2nd"), mode="r").shape[1:]
             assert tuple(pois.space.shape_after_resampling) == tuple(shape)
-            np.testing.assert_allclose(pois.space.world_to_preprocessed(raw.positions()), pois.positions, atol=1e-9)
+            expected = _preprocessed_by_hand(ds.image_files(case)[0], folder / f"{case}.pkl",
+                                             plans["transpose_forward"], shape, raw.positions())
+            np.testing.assert_allclose(pois.positions, expected, atol=1e-6)
             assert np.max(np.abs(pois.space.preprocessed_to_world(pois.positions) - raw.positions())) < 1e-3
+
+
+def _preprocessed_by_hand(image_file, properties_file: Path, transpose, shape, world: np.ndarray) -> np.ndarray:
+    """Preprocessed positions from SimpleITK and nnU-Net's own record of the case, without
+    poi_nnunet.geometry: raw continuous ITK index, reversed to nnU-Net's array order (``(0, y, x)`` for
+    a 2D image), transposed, minus the crop start, resampled with voxel edges aligned
+    (``(c + 0.5) * new / old - 0.5``)."""
+    image = sitk.ReadImage(str(image_file))
+    properties = pickle.loads(properties_file.read_bytes())
+    lo = [b[0] for b in properties["bbox_used_for_cropping"]]
+    old = properties["shape_after_cropping_and_before_resampling"]
+    out = []
+    for point in world:
+        index = image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in point))
+        array = list(index[::-1]) if len(index) == 3 else [0.0, index[1], index[0]]
+        out.append([(array[transpose[i]] - lo[i] + 0.5) * shape[i] / old[i] - 0.5 for i in range(3)])
+    return np.array(out)
 
 
 def test_landmark_only_dataset_gets_background_targets(runs) -> None:
