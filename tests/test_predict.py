@@ -1,10 +1,14 @@
 """poi_predict end to end on a tiny planned X-ray phantom with untrained (initialised, saved) folds:
-valid outputs for every case, fold ensembling, mirror-aware test-time augmentation, the preprocessed
-path used after training, skipping and overwriting, and the errors a user can cause."""
+outputs for every case (and an evaluation that agrees with distances computed here), fold ensembling,
+mirror-aware test-time augmentation, skipping and overwriting, and the errors a user can cause. Where
+points must land, a handcrafted network turns dots drawn at known raw voxels into heatmaps, on raw
+images of oblique, flipped, anisotropic geometry and on a preprocessed case through the trainer's
+predictor, and the written world points are compared with SimpleITK's."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Dict
@@ -105,8 +109,19 @@ def test_poi_predict_writes_valid_outputs_for_every_case(env, tmp_path: Path) ->
 
     from poi_nnunet.evaluation import evaluate_folders
 
-    summary = evaluate_folders(env["nnUNet_raw"] / XRAY / "poisTs", out, out_dir=tmp_path / "evaluation")
-    assert summary is not None
+    reference = env["nnUNet_raw"] / XRAY / "poisTs"
+    summary = evaluate_folders(reference, out, out_dir=tmp_path / "evaluation")
+    # the evaluation's errors against world distances computed here from the two JSON files
+    errors, n_ref = [], 0
+    for case in cases:
+        ref = {(p["structure"], p["poi"]): p["position"] for p in json.loads((reference / f"{case}.json").read_text())["points"]}
+        pred = {(p["structure"], p["poi"]): p["position"] for p in json.loads((out / f"{case}.json").read_text())["points"]}
+        n_ref += len(ref)
+        errors += [float(np.linalg.norm(np.subtract(pred[k], ref[k]))) for k in ref if k in pred]
+    overall = summary["points"]["overall"]
+    assert (overall["n_ref"], overall["n_matched"]) == (n_ref, len(errors)) and len(errors) > 0
+    assert overall["tre_mm"]["mean"] == pytest.approx(np.mean(errors), rel=1e-9)
+    assert overall["tre_mm"]["max"] == pytest.approx(np.max(errors), rel=1e-9)
 
 
 def test_existing_outputs_are_skipped_unless_overwrite(env, tmp_path: Path, capsys) -> None:
@@ -201,33 +216,208 @@ def test_mirroring_exchanges_left_right_partners(env) -> None:
     predictor.mirror_permutation = saved
 
 
-# ----------------------------------------------------------------------------------------------- after training
-def test_preprocessed_cases_and_trainer_predictor_match_raw_prediction(env, tmp_path: Path) -> None:
+# ----------------------------------------------------------------------------------------------- world positions
+# A handcrafted network whose heatmaps are bright Gaussian dots the test drew at known raw voxels: the dots
+# travel through nnU-Net's preprocessing (crop, transpose, resampling) like any image, so the predicted
+# world point must be SimpleITK's world point of the voxel the dot was drawn at. Nothing here calls
+# poi_nnunet.geometry: the reference is SimpleITK (and, for a preprocessed case, a hand-written map).
+AMPLITUDE = 10.0
+# Tolerance, in raw voxels along each index axis. The dots are Gaussians of 2.5 raw voxels (2 preprocessed
+# voxels for the preprocessed case), wide enough that nnU-Net's cubic resampling and the float16
+# sliding-window accumulation move the fitted peak by under 0.001 raw voxel (measured); 0.02 leaves room
+# for that, while a wrong convention (half a voxel, edge- versus centre-aligned resampling, a transposed
+# or flipped axis, the crop offset) moves it by 0.2 raw voxels or (much) more.
+TOL_RAW_VOXELS = 0.02
+
+
+class _DotsAreHeatmaps(nn.Module):
+    """Heatmap channel ``k`` is input channel ``k`` (``heat_from``: all from one input channel);
+    segmentation: label 1 where input channel 0 is above half the dot's height."""
+
+    def __init__(self, heat_from: "int | None" = None, num_heatmaps: "int | None" = None,
+                 num_segmentation: int = 2):
+        super().__init__()
+        self.heat_from, self.num_heatmaps, self.num_segmentation = heat_from, num_heatmaps, num_segmentation
+        self.decoder = type("Decoder", (), {"deep_supervision": False})()  # what a trainer switches off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        foreground = x[:, :1] - AMPLITUDE / 2
+        seg = [torch.zeros_like(foreground), foreground] + [torch.zeros_like(foreground)] * (self.num_segmentation - 2)
+        heat = x if self.heat_from is None else x[:, self.heat_from:self.heat_from + 1].expand(
+            -1, self.num_heatmaps, *x.shape[2:])
+        return torch.cat([*seg, heat], 1)
+
+
+def _gaussian_dot(shape_zyx, centre_zyx, sigma: float) -> np.ndarray:
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape_zyx], indexing="ij")
+    d2 = sum((g - c) ** 2 for g, c in zip(grids, centre_zyx))
+    return AMPLITUDE * np.exp(-d2 / (2 * sigma**2))
+
+
+def _rotation(axis, angle: float) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+# ITK size, spacing, origin, direction, the dots' continuous ITK indices, the non-zero body (ITK index
+# box [lo, hi)) that nnU-Net crops to, and the configuration: (name, spacing, patch, transpose_forward).
+# Spacings differ from the configuration's on every axis, so every axis is resampled, up or down.
+DOT_CASES = {
+    "2d": dict(size=(40, 56), spacing=(1.3, 0.7), origin=(-31.5, 17.25),
+               direction=np.array([[np.cos(0.5), -np.sin(0.5)], [np.sin(0.5), np.cos(0.5)]]),  # oblique
+               dots=[(12.3, 30.6), (27.8, 18.15), (20.45, 41.7)], body=((3, 37), (5, 52)),
+               config=("2d", [1.1, 0.8], [64, 64], [0, 1, 2])),
+    "3d": dict(size=(14, 40, 28), spacing=(2.2, 0.9, 1.3), origin=(12.0, -40.5, 7.25),
+               direction=_rotation([0.3, -0.5, 0.8], 0.6) @ np.diag([1.0, -1.0, 1.0]),  # oblique and flipped
+               dots=[(6.4, 14.3, 10.8), (7.9, 27.55, 16.2), (5.35, 20.1, 19.6)], body=((1, 13), (4, 37), (3, 26)),
+               # x has the coarsest spacing: nnU-Net's transpose puts it first, (z, y, x) -> (x, z, y)
+               config=("3d_fullres", [2.0, 1.0, 1.2], [16, 32, 32], [2, 0, 1])),
+}
+DOT_SIGMA_RAW_VOXELS = 2.5
+
+
+def _dot_model(env, setup: dict):
+    """Plans and dataset.json of a model with one noNorm input channel per dot and one heatmap per dot."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans, dataset_json = _plans_and_dataset(env)
+    name, spacing, patch, transpose = setup["config"]
+    n = len(setup["dots"])
+    config = dict(plans["configurations"]["2d"])  # its architecture is never built: the network is handcrafted
+    config.update(spacing=spacing, patch_size=patch, normalization_schemes=["NoNormalization"] * n,
+                  use_mask_for_norm=[False] * n, data_identifier=f"dots_{name}")
+    block = dict(config["poi"])
+    block.update(crop_mode="whole_image", heatmap_amplitude=AMPLITUDE, heatmap_sigma_voxels=[2.0] * len(patch),
+                 refine_patch_size=[16] * len(patch), crop_size_mm=[100.0] * len(patch),
+                 poi_channels=[{"structure": 1, "poi": k + 1, "name": f"dot{k}"} for k in range(n)])
+    config["poi"] = block
+    intensities = plans["foreground_intensity_properties_per_channel"]["0"]  # read by nnU-Net, unused by noNorm
+    plans = {**plans, "configurations": {name: config}, "transpose_forward": transpose,
+             "transpose_backward": [int(i) for i in np.argsort(transpose)],
+             "foreground_intensity_properties_per_channel": {str(k): intensities for k in range(n)}}
+    dataset_json = {**dataset_json, "labels": {"background": 0, "body": 1},
+                    "channel_names": {str(k): "noNorm" for k in range(n)},
+                    "pois": {str(k + 1): f"dot{k}" for k in range(n)},
+                    "poi_mirror_pairs": [], "structure_mirror_pairs": []}
+    manager = PlansManager(plans)
+    return manager, manager.get_configuration(name), dataset_json
+
+
+def _write_dot_case(setup: dict, folder: Path, case: str) -> sitk.Image:
+    """One ``_000k`` file per dot, inside a non-zero body; returns the last channel (for its geometry)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shape_zyx = tuple(setup["size"][::-1])
+    body = np.zeros(shape_zyx, dtype=bool)
+    body[tuple(slice(lo, hi) for lo, hi in setup["body"][::-1])] = True
+    for k, dot in enumerate(setup["dots"]):
+        array = _gaussian_dot(shape_zyx, dot[::-1], DOT_SIGMA_RAW_VOXELS) * body
+        if k == 0:
+            array = array + 1e-3 * body  # a faint body, so that nnU-Net crops exactly to it
+        image = sitk.GetImageFromArray(array.astype(np.float32))
+        image.SetSpacing(setup["spacing"])
+        image.SetOrigin(setup["origin"])
+        image.SetDirection(tuple(np.asarray(setup["direction"]).ravel()))
+        sitk.WriteImage(image, str(folder / f"{case}_{k:04d}.nii.gz"))
+    return image
+
+
+def _world_points(path: Path) -> Dict[tuple, np.ndarray]:
+    return {(p["structure"], p["poi"]): np.asarray(p["position"], float)
+            for p in json.loads(path.read_text())["points"]}
+
+
+@pytest.mark.parametrize("name", sorted(DOT_CASES))
+def test_predicted_world_points_are_the_raw_voxels_the_dots_were_drawn_at(env, tmp_path: Path, name: str) -> None:
+    """The raw-image path end to end: nnU-Net's preprocessing, sliding window with mirroring, decoding,
+    mapping to world mm, writing ``<case>.json`` and exporting the segmentation onto the raw grid."""
+    setup = DOT_CASES[name]
+    manager, config, dataset_json = _dot_model(env, setup)
+    network = _DotsAreHeatmaps()
+    predictor = PoiPredictor(device=torch.device("cpu"), use_mirroring=True, allow_tqdm=False, min_confidence=0.0)
+    predictor.manual_initialization(network, manager, config, [network.state_dict()], dataset_json,
+                                    "PoiHeatmapTrainer", tuple(range(len(config.patch_size))))
+    image = _write_dot_case(setup, tmp_path / "in", "dots")
+    cases = list_input_cases(tmp_path / "in", ".nii.gz", len(setup["dots"]))
+    assert predict_input_cases(predictor, cases, tmp_path / "out", progress=False) == ["dots"]
+
+    found = _world_points(tmp_path / "out" / "dots.json")
+    assert sorted(found) == [(1, k + 1) for k in range(len(setup["dots"]))]
+    for k, dot in enumerate(setup["dots"]):
+        truth = np.array(image.TransformContinuousIndexToPhysicalPoint(dot))
+        at = np.array(image.TransformPhysicalPointToContinuousIndex(tuple(found[(1, k + 1)])))
+        assert np.max(np.abs(at - dot)) < TOL_RAW_VOXELS, (name, k, at, dot)
+        assert np.linalg.norm(found[(1, k + 1)] - truth) < TOL_RAW_VOXELS * max(setup["spacing"])
+
+    # the segmentation (label 1 on dot 0) comes back on the raw grid, around dot 0's voxel
+    seg = sitk.ReadImage(str(tmp_path / "out" / "dots.nii.gz"))
+    assert seg.GetSize() == image.GetSize()
+    np.testing.assert_allclose(seg.GetSpacing(), image.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(seg.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(seg.GetDirection(), image.GetDirection(), atol=1e-4)
+    labelled = np.argwhere(sitk.GetArrayFromImage(seg) == 1)[:, ::-1]  # ITK index order
+    assert len(labelled) > 0
+    np.testing.assert_allclose(labelled.mean(axis=0), setup["dots"][0], atol=0.5)
+
+
+def _hand_preprocessed(index_xy, properties: dict, shape) -> list:
+    """A 2D image's ITK index in nnU-Net's preprocessed array ``(1, y, x)`` (no transpose), by hand:
+    minus the crop start, resampled with voxel edges aligned (``(c + 0.5) * new / old - 0.5``)."""
+    array = (0.0, index_xy[1], index_xy[0])
+    lo = [b[0] for b in properties["bbox_used_for_cropping"]]
+    old = properties["shape_after_cropping_and_before_resampling"]
+    return [(a - l + 0.5) * n / o - 0.5 for a, l, n, o in zip(array, lo, shape, old)]
+
+
+def test_preprocessed_case_through_the_trainers_predictor_lands_on_the_raw_voxel(env, tmp_path: Path) -> None:
+    """The path used after training: a case nnU-Net preprocessed (with its POI file), predicted by
+    ``PoiPredictor.from_trainer`` through ``predict_preprocessed_cases``. The case's data is replaced by
+    a dot drawn where a chosen raw voxel lands; every channel reads that dot."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    from poi_nnunet.preprocessing.poi_files import preprocessed_pois_file
     from poi_nnunet.trainer_factory import build_trainer
 
-    raw_out, pre_out = tmp_path / "raw", tmp_path / "pre"
-    predictor = load_poi_model("502", "2d", "heatmap", folds=[0], device="cpu", use_mirroring=False,
-                               min_confidence=0.0)
-    train_images = env["nnUNet_raw"] / XRAY / "imagesTr"
-    cases = [c for c in list_input_cases(train_images, ".nii.gz", 1) if c.case == "xray_000"]
-    assert predict_input_cases(predictor, cases, raw_out, progress=False) == ["xray_000"]
+    source = env["nnUNet_preprocessed"] / XRAY / "poiPlans_2d"
+    folder = tmp_path / "poiPlans_2d"
+    folder.mkdir()
+    properties = pickle.loads((source / "xray_000.pkl").read_bytes())
+    data, seg, _, _ = nnUNetDatasetBlosc2(str(source), ["xray_000"]).load_case("xray_000")
+    shape = data.shape[1:]
+    raw = sitk.ReadImage(str(env["nnUNet_raw"] / XRAY / "imagesTr" / "xray_000_0000.nii.gz"))
+    voxel = (23.35, 40.8)  # ITK (x, y)
+    centre = _hand_preprocessed(voxel, properties, shape)
+    dot = _gaussian_dot(shape, centre, 2.0)[None].astype(np.float32)
+    nnUNetDatasetBlosc2.save_case(dot, np.asarray(seg[:]), properties, str(folder / "xray_000"),
+                                  chunks=dot.shape, blocks=dot.shape)
+    poi_file = preprocessed_pois_file(folder, "xray_000")
+    poi_file.parent.mkdir()
+    shutil.copy(preprocessed_pois_file(source, "xray_000"), poi_file)
 
     trainer = build_trainer("502", "2d", "heatmap", 0, "poiPlans", device="cpu")
     trainer.initialize()
-    checkpoint = torch.load(env["model"] / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    trainer.network.load_state_dict(checkpoint["network_weights"])
-    from_trainer = PoiPredictor.from_trainer(trainer, use_mirroring=False, min_confidence=0.0)
-    folder = env["nnUNet_preprocessed"] / XRAY / "poiPlans_2d"
-    assert predict_preprocessed_cases(from_trainer, folder, ["xray_000"], pre_out) == ["xray_000"]
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the inference mirror axes
+    channels = len(trainer.configuration_manager.configuration["poi"]["poi_channels"])
+    trainer.network = _DotsAreHeatmaps(heat_from=0, num_heatmaps=channels,
+                                       num_segmentation=trainer.label_manager.num_segmentation_heads)
+    predictor = PoiPredictor.from_trainer(trainer, use_mirroring=True, min_confidence=0.0)
+    assert predictor.allowed_mirroring_axes == (0, 1)
+    out = tmp_path / "out"
+    assert predict_preprocessed_cases(predictor, folder, ["xray_000"], out) == ["xray_000"]
 
-    a, b = read_poi_file(raw_out / "xray_000.json"), read_poi_file(pre_out / "xray_000.json")
-    assert len(a) > 0 and a.keys() == b.keys()
-    np.testing.assert_allclose(a.positions(), b.positions(), atol=1e-3)
-    seg_a = sitk.GetArrayFromImage(sitk.ReadImage(str(raw_out / "xray_000.nii.gz")))
-    seg_b = sitk.GetArrayFromImage(sitk.ReadImage(str(pre_out / "xray_000.nii.gz")))
-    assert (seg_a == seg_b).mean() > 0.999
-    assert read_markups_json(pre_out / "xray_000.mrk.json")
-    assert json.loads((pre_out / "dataset.json").read_text())["file_ending"] == ".nii.gz"  # for poi_evaluate
+    found = _world_points(out / "xray_000.json")
+    assert len(found) == channels
+    truth = np.array(raw.TransformContinuousIndexToPhysicalPoint(voxel))
+    for key, position in found.items():
+        at = np.array(raw.TransformPhysicalPointToContinuousIndex(tuple(position)))
+        assert np.max(np.abs(at - voxel)) < TOL_RAW_VOXELS, (key, at, voxel)
+        assert np.linalg.norm(position - truth) < TOL_RAW_VOXELS * max(raw.GetSpacing())
+    assert read_markups_json(out / "xray_000.mrk.json")
+    assert json.loads((out / "dataset.json").read_text())["file_ending"] == ".nii.gz"  # for poi_evaluate
+    exported = sitk.ReadImage(str(out / "xray_000.nii.gz"))
+    assert exported.GetSize() == raw.GetSize()
+    labelled = np.argwhere(sitk.GetArrayFromImage(exported) == 1)[:, ::-1]
+    np.testing.assert_allclose(labelled.mean(axis=0), voxel, atol=0.5)
 
 
 # ----------------------------------------------------------------------------------------------- errors
