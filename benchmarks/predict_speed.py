@@ -6,8 +6,8 @@ a tiny ``heatmap`` model is trained (``poi_train ... -f all --epochs 1 --iterati
 -device cpu --no_validation``; only its speed matters, not its accuracy) and the first ``--cases``
 held-out images (``imagesTs``) are predicted, with test-time mirroring on and off, by:
 
-* ours: :func:`poi_nnunet.inference.predict_folder` with the predictor of ``load_poi_model``
-  (:mod:`poi_nnunet.trained_models`) (what ``poi_predict`` runs per case: list and check the
+* ours: ``list_input_cases`` + ``check_dimensionality`` + ``predict_input_cases`` with the predictor of
+  ``load_poi_model`` (:mod:`poi_nnunet.trained_models`) (what ``poi_predict`` runs per case: list and check the
   inputs, nnU-Net's ``DefaultPreprocessor.run_case``, sliding window over segmentation + heatmap
   outputs with left/right-aware mirroring, heatmap decoding, nnU-Net's segmentation export, and
   ``<case>.nii.gz`` + ``<case>.mrk.json`` + ``<case>.json`` written);
@@ -189,10 +189,7 @@ def predictors(dim: str, tta: bool, plans: str):
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    try:  # where the refactor of the day put it
-        from poi_nnunet.trained_models import load_poi_model
-    except ImportError:
-        from poi_nnunet.inference import load_poi_model
+    from poi_nnunet.trained_models import load_poi_model
 
     dataset_id, _, _, configuration = DIMS[dim]
     with contextlib.redirect_stdout(io.StringIO()):
@@ -209,10 +206,15 @@ def predictors(dim: str, tta: bool, plans: str):
 
 
 def runners(ours, theirs, out: Path) -> Dict[str, Callable[[Path], None]]:
-    from poi_nnunet.inference import predict_folder
+    from poi_nnunet.inference import predict_input_cases
+    from poi_nnunet.inference.inputs import check_dimensionality, list_input_cases
 
     def run_ours(folder: Path) -> None:
-        predict_folder(ours, folder, out / "ours", overwrite=True, progress=False)
+        """What poi_predict runs: list and check the inputs, then predict and write every case."""
+        model = ours.model_folder
+        cases = list_input_cases(folder, model.file_ending, model.num_input_channels)
+        check_dimensionality(cases, model.configuration, model.configuration_axes, model.trained_on_2d_images)
+        predict_input_cases(ours, cases, out / "ours", overwrite=True, progress=False)
 
     listed: Dict[Path, tuple] = {}
 
