@@ -8,7 +8,7 @@ a patch). Everything is batched over ``(B, C)`` and works in 2D and 3D.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -68,19 +68,28 @@ def _window_offsets(radius: int, dim: int, device: torch.device) -> Tensor:
 
 
 def _gather_windows(
-    flat: Tensor, peak: Tensor, shape: Sequence[int], radius: int
+    flat: Tensor, peak: Tensor, shape: Sequence[int], radius: int, rows: Optional[Tensor] = None,
+    others: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Values around each peak as float64 ``(N, K)``, their positions ``(N, K, D)`` and
     which of them lie inside the volume (a window at the border is masked, not shifted,
-    so the fit stays centred on the true peak)."""
+    so the fit stays centred on the true peak). Peak ``n`` lies in map ``flat[n]``, or in
+    ``flat[rows[n]]`` where ``rows`` is given (several peaks per map). ``others`` ``(N, Q, D)``
+    (NaN rows ignored): other peaks of the same map; voxels nearer to one of them than to the
+    peak are masked too, so a neighbouring peak's flank does not pull the fit."""
     dim = len(shape)
     size = torch.tensor(list(shape), device=flat.device)
     pos = peak[:, None, :] + _window_offsets(radius, dim, flat.device)[None]
     inside = ((pos >= 0) & (pos < size)).all(-1)
+    if others is not None and others.shape[1]:
+        own = ((pos - peak[:, None, :]) ** 2).sum(-1).to(torch.float64)
+        other = ((pos[:, :, None, :].to(torch.float64) - others[:, None].to(torch.float64)) ** 2).sum(-1)
+        inside &= own <= other.nan_to_num(float("inf")).amin(-1)
     clamped = torch.minimum(pos.clamp_min(0), size - 1)
     strides = torch.tensor([int(torch.tensor(shape[d + 1 :]).prod()) for d in range(dim)], device=flat.device)
-    values = flat.gather(1, (clamped * strides).sum(-1)).to(torch.float64)
-    return values, pos.to(torch.float64), inside
+    index = (clamped * strides).sum(-1)
+    values = flat.gather(1, index) if rows is None else flat[rows[:, None], index]
+    return values.to(torch.float64), pos.to(torch.float64), inside
 
 
 def _gaussian_model(theta: Tensor, background: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -173,6 +182,15 @@ def _start(values: Tensor, inside: Tensor, background: Tensor, peak: Tensor, rad
     return torch.cat([height[:, None], mu, q.log()], 1)
 
 
+def _first_fit(
+    flat: Tensor, peak: Tensor, shape: Sequence[int], background: Tensor, iterations: int,
+    rows: Optional[Tensor] = None, others: Optional[Tensor] = None,
+) -> Tensor:
+    """The radius-2 fit the automatic window starts from (theta, see :func:`_gaussian_model`)."""
+    values, pos, inside = _gather_windows(flat, peak, shape, 2, rows, others)
+    return _fit_gaussians(values, pos, inside, background, _start(values, inside, background, peak, 2), iterations)
+
+
 def _auto_radius(
     flat: Tensor, peak: Tensor, shape: Sequence[int], background: Tensor, iterations: int
 ) -> Tuple[int, Tensor]:
@@ -180,12 +198,68 @@ def _auto_radius(
     channels with a clear peak (height at least half the largest), so empty channels
     do not vote; also returns that first fit to start the second from."""
     dim = len(shape)
-    values, pos, inside = _gather_windows(flat, peak, shape, 2)
-    theta = _fit_gaussians(values, pos, inside, background, _start(values, inside, background, peak, 2), iterations)
+    theta = _first_fit(flat, peak, shape, background, iterations)
     sigma = (-0.5 * theta[:, 1 + dim :]).exp()
     clear = torch.isfinite(sigma).all(1) & (theta[:, 0] >= 0.5 * theta[:, 0].nan_to_num(0.0).max())
     typical = float(sigma[clear].median()) if bool(clear.any()) else 1.0
     return int(min(max(math.ceil(2 * typical), 2), 8)), theta
+
+
+def _fit_at(
+    flat: Tensor, peak: Tensor, shape: Sequence[int], background: Tensor, radius: int, iterations: int,
+    first: Optional[Tensor], rows: Optional[Tensor] = None, others: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Sub-voxel centre ``(N, D)`` and height ``(N,)`` (float64) of the peak at each integer ``peak``:
+    the window fit, started from ``first`` where that is usable, with the centre-of-mass fallback."""
+    dim = len(shape)
+    values, pos, inside = _gather_windows(flat, peak, shape, radius, rows, others)
+    start = _start(values, inside, background, peak, radius)
+    if first is not None:  # the first pass's centre and width are closer than the argmax start
+        usable = torch.isfinite(first).all(1) & (first[:, 0] > 0)
+        start = torch.where(usable[:, None], first, start)
+    theta = _fit_gaussians(values, pos, inside, background, start, iterations)
+    height, centre = theta[:, 0], theta[:, 1 : 1 + dim]
+    ok = torch.isfinite(theta).all(1) & (height > 0) & ((centre - peak).abs() <= radius).all(1)
+    coords = torch.where(ok[:, None], centre, _local_centroid(values, pos, inside, background, peak))
+    return coords, torch.where(ok, height, start[:, 0])
+
+
+class PeakFit(NamedTuple):
+    """What :func:`fit_heatmap_peaks` found: per channel ``(B, C)``, the argmax's sub-voxel fit and how
+    it was made (so that other peaks of the same maps can be fitted alike with :func:`fit_peaks_at`)."""
+
+    coords: Tensor  # (B, C, D), the input's float dtype (at least float32)
+    confidence: Tensor  # (B, C), height / amplitude clipped to [0, 1], same dtype
+    height: Tensor  # (B, C) float64, fitted height above the background (not clipped)
+    peak: Tensor  # (B, C, D) long, the integer argmax
+    background: Tensor  # (B, C) float64, the channel's median
+    radius: int  # the window radius used
+
+
+def fit_heatmap_peaks(
+    heatmaps: Tensor, window: Optional[int] = None, *, amplitude: float = 1.0, iterations: int = 6
+) -> PeakFit:
+    """:func:`decode_heatmaps` with the details of the fit (see :class:`PeakFit`)."""
+    if heatmaps.ndim not in (4, 5):
+        raise ValueError(f"heatmaps must be (B, C, y, x) or (B, C, z, y, x), got {tuple(heatmaps.shape)}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be a positive number of voxels, got {window}")
+    b, c, *shape = heatmaps.shape
+    dim = len(shape)
+    out_dtype = torch.promote_types(heatmaps.dtype, torch.float32)
+    with torch.no_grad():
+        flat = heatmaps.detach().reshape(b * c, -1)
+        peak = torch.stack(torch.unravel_index(flat.argmax(1), tuple(shape)), -1)
+        background = flat.median(1).values.to(torch.float64)
+        first: Optional[Tensor] = None
+        if window is None:
+            radius, first = _auto_radius(flat, peak, shape, background, iterations)
+        else:
+            radius = max(int(window) // 2, 1)
+        coords, height = _fit_at(flat, peak, shape, background, radius, iterations, first)
+        confidence = (height / amplitude).clamp(0.0, 1.0)
+    return PeakFit(coords.reshape(b, c, dim).to(out_dtype), confidence.reshape(b, c).to(out_dtype),
+                   height.reshape(b, c), peak.reshape(b, c, dim), background.reshape(b, c), radius)
 
 
 def decode_heatmaps(
@@ -223,34 +297,53 @@ def decode_heatmaps(
     ``amplitude`` (the amplitude the targets were rendered with), clipped to
     [0, 1]. A missing landmark gives a low value whatever the output's offset.
     """
-    if heatmaps.ndim not in (4, 5):
-        raise ValueError(f"heatmaps must be (B, C, y, x) or (B, C, z, y, x), got {tuple(heatmaps.shape)}")
-    if window is not None and window < 1:
-        raise ValueError(f"window must be a positive number of voxels, got {window}")
-    b, c, *shape = heatmaps.shape
-    dim = len(shape)
-    out_dtype = torch.promote_types(heatmaps.dtype, torch.float32)
+    fit = fit_heatmap_peaks(heatmaps, window, amplitude=amplitude, iterations=iterations)
+    return fit.coords, fit.confidence
+
+
+def fit_peaks_at(
+    heatmaps: Tensor, rows: Tensor, peaks: Tensor, background: Tensor, radius: int, *, auto_start: bool = True,
+    others: Optional[Tensor] = None, iterations: int = 6,
+) -> Tuple[Tensor, Tensor]:
+    """Sub-voxel fits of given integer peaks, made as :func:`decode_heatmaps` fits the argmax.
+
+    ``heatmaps`` ``(N, *spatial)``; peak ``p`` is voxel ``peaks[p]`` (``(P, D)`` integers) of map
+    ``rows[p]`` (``(P,)``), so a map can have several. ``background`` ``(N,)`` and ``radius`` are
+    those a :class:`PeakFit` of the same maps reports; ``auto_start``: start from a radius-2 fit,
+    as the automatic window (``window=None``) does. ``others`` ``(P, Q, D)``: other peaks of the
+    same map (NaN where none); window voxels nearer to one of them than to the peak are left out
+    of its fit. Returns float64 centres ``(P, D)`` and heights above the background ``(P,)``;
+    without ``others``, a peak at its map's argmax gets the fit :func:`fit_heatmap_peaks` made
+    (same maps, same radius).
+    """
+    shape = tuple(heatmaps.shape[1:])
+    if peaks.ndim != 2 or peaks.shape[1] != len(shape) or rows.shape != peaks.shape[:1]:
+        raise ValueError(f"peaks must be (P, {len(shape)}) with one row index each, got {tuple(peaks.shape)}, "
+                         f"{tuple(rows.shape)}")
     with torch.no_grad():
-        flat = heatmaps.detach().reshape(b * c, -1)
-        peak = torch.stack(torch.unravel_index(flat.argmax(1), tuple(shape)), -1)
-        background = flat.median(1).values.to(torch.float64)
-        first: Optional[Tensor] = None
-        if window is None:
-            radius, first = _auto_radius(flat, peak, shape, background, iterations)
-        else:
-            radius = max(int(window) // 2, 1)
-        values, pos, inside = _gather_windows(flat, peak, shape, radius)
-        start = _start(values, inside, background, peak, radius)
-        if first is not None:  # the first pass's centre and width are closer than the argmax start
-            usable = torch.isfinite(first).all(1) & (first[:, 0] > 0)
-            start = torch.where(usable[:, None], first, start)
-        theta = _fit_gaussians(values, pos, inside, background, start, iterations)
-        height, centre = theta[:, 0], theta[:, 1 : 1 + dim]
-        ok = torch.isfinite(theta).all(1) & (height > 0) & ((centre - peak).abs() <= radius).all(1)
-        coords = torch.where(ok[:, None], centre, _local_centroid(values, pos, inside, background, peak))
-        height = torch.where(ok, height, start[:, 0])
-        confidence = (height / amplitude).clamp(0.0, 1.0)
-    return coords.reshape(b, c, dim).to(out_dtype), confidence.reshape(b, c).to(out_dtype)
+        flat = heatmaps.detach().reshape(heatmaps.shape[0], -1)
+        rows = rows.to(device=flat.device, dtype=torch.long)
+        peak = peaks.to(device=flat.device, dtype=torch.long)
+        bg = background.to(device=flat.device, dtype=torch.float64)[rows]
+        if others is not None:
+            others = others.to(device=flat.device, dtype=torch.float64)
+        first = _first_fit(flat, peak, shape, bg, iterations, rows, others) if auto_start else None
+        return _fit_at(flat, peak, shape, bg, radius, iterations, first, rows, others)
+
+
+def rough_peak_centres(heatmaps: Tensor, rows: Tensor, peaks: Tensor, background: Tensor) -> Tensor:
+    """Cheap sub-voxel centres ``(P, D)`` (float64) of integer ``peaks`` (arguments as :func:`fit_peaks_at`):
+    per axis, the vertex of a parabola through the logs of the peak and its two neighbours (background
+    subtracted), at most half a voxel from the peak; the peak itself along an axis where that fails.
+    What the fit starts from: good to a few tenths of a voxel, for telling peaks apart, not for points."""
+    shape = tuple(heatmaps.shape[1:])
+    with torch.no_grad():
+        flat = heatmaps.detach().reshape(heatmaps.shape[0], -1)
+        rows = rows.to(device=flat.device, dtype=torch.long)
+        peak = peaks.to(device=flat.device, dtype=torch.long)
+        bg = background.to(device=flat.device, dtype=torch.float64)[rows]
+        values, _, inside = _gather_windows(flat, peak, shape, 1, rows)
+        return _start(values, inside, bg, peak, 1)[:, 1 : 1 + len(shape)]
 
 
 # ----------------------------------------------------------------------------- differentiable

@@ -3,12 +3,13 @@
 * :mod:`.model`: find ``$nnUNet_results/<Dataset>/<Trainer>__<plans>__<config>`` and load its folds.
 * :mod:`.predictor`: :class:`PoiPredictor`, nnU-Net's predictor for segmentation + heatmap outputs
   (full-width accumulation, mirror-aware test-time augmentation).
-* :mod:`.decoding`: heatmaps -> points per crop mode, in preprocessed space.
+* :mod:`.decoding`: heatmaps -> points per crop mode, in preprocessed space; :mod:`.peak_assignment`:
+  channels assigned jointly to distinct peaks, confidence lowered by ambiguity.
 * :mod:`.inputs`: listing and checking nnU-Net-named input files.
 * :mod:`.writing`: atomic ``<case>.json``, ``<case>.mrk.json`` and segmentation files.
 * :mod:`.run`: whole cases, from raw files or from nnU-Net's preprocessed folder.
 """
-from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points, decode_structures, decode_whole_image
+from .decoding import MIN_CONFIDENCE, DecodedPoints, DroppedPoint, decode_points, decode_structures, decode_whole_image
 from .model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, ModelFolder, find_model_folder, predictor_for
 from .predictor import CasePrediction, PoiPredictor
 from .run import predict_folder, predict_input_cases, predict_preprocessed_cases
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "DEFAULT_PLANS",
     "DecodedPoints",
+    "DroppedPoint",
     "MIN_CONFIDENCE",
     "ModelFolder",
     "PoiPredictor",

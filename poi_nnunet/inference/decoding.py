@@ -9,12 +9,30 @@ world mm through the case's :class:`~poi_nnunet.geometry.PreprocessedSpace`.
 Rules (documented here because the evaluator counts what is left out as missing):
 
 * A channel whose confidence (fitted peak height / training amplitude, see
-  :func:`~poi_nnunet.heatmaps.decode_heatmaps`) is below ``min_confidence``
+  :func:`~poi_nnunet.heatmaps.decode_heatmaps`, times the ambiguity factor of
+  :mod:`.peak_assignment`, which is 1 for a clear single peak) is below ``min_confidence``
   (default :data:`MIN_CONFIDENCE`) is *not found* and is not written.
 * A point whose fit ends at most one raw voxel past the image's border is moved
   onto the border; farther out it is not found (the unified format allows no
   point outside the image).
-* ``whole_image``: one point per channel, structure ``channel_keys[c][0]``.
+* ``whole_image``: one point per channel, structure ``channel_keys[c][0]``. Where a
+  segmentation is given (the predictor passes its own, or ``--labels``), a channel of a structure
+  label (not 0) looks for its peak only inside that structure's bounding box grown as in
+  structure mode (below); a channel whose structure is not in the segmentation (or has fewer than
+  ``min_structure_voxels`` voxels) is decoded over the whole image and listed in
+  :attr:`DecodedPoints.unbounded`, and one with no peak inside its box is not found
+  (``no_peak_in_structure``).
+* Channels compete for peaks (:mod:`.peak_assignment`: a few candidate peaks per channel, channels
+  assigned jointly to distinct peaks, confidence lowered by ambiguity): in whole-image mode the
+  channels of one structure (structure 0, "no structure", is one group), in structure mode all
+  channels inside one structure's box. Without a conflict a channel decodes exactly as the
+  argmax fit alone; see that module for the rules.
+* Nothing is dropped silently: :attr:`DecodedPoints.dropped` lists every ``(structure, poi)`` that
+  is not written and why (see the reason constants: ``below_min_confidence`` (the fitted height),
+  ``ambiguous`` (the height is enough, the ambiguity factor brings it below the minimum),
+  ``peak_taken`` (another channel got the channel's only peak), ``no_peak_in_structure``,
+  ``structure_not_segmented`` (structure mode: no box to decode in) and ``outside_image``
+  (:meth:`DecodedPoints.outside_image`, known once the case's space is)).
 * ``structure_with_neighbours``: every structure label of the dataset that the
   predicted segmentation holds with at least ``min_structure_voxels`` voxels
   gets every channel decoded inside its bounding box grown by
@@ -28,7 +46,8 @@ Rules (documented here because the evaluator counts what is left out as missing)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,9 +55,10 @@ import torch
 
 from ..channels import ChannelLayout
 from ..geometry import CropBox, PreprocessedSpace, pad_axes, pad_to_3d
-from ..heatmaps import decode_heatmaps
+from ..heatmaps import decode_heatmaps, fit_heatmap_peaks
 from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
+from .peak_assignment import NONE, Candidates, assign_peaks, find_candidates
 
 MIN_CONFIDENCE = 0.1
 MIN_STRUCTURE_VOXELS = 4
@@ -46,15 +66,39 @@ BOX_MARGIN_VOXELS = 2
 MAX_OVERSHOOT_VOXELS = 1.0
 MAX_DECODE_VOXELS = 2**26  # float32 voxels decoded at once (256 MiB)
 
+# Why a (structure, poi) is not written (DroppedPoint.reason); see the module docstring.
+BELOW_MIN_CONFIDENCE = "below_min_confidence"
+AMBIGUOUS = "ambiguous"
+PEAK_TAKEN = "peak_taken"
+NO_PEAK_IN_STRUCTURE = "no_peak_in_structure"
+STRUCTURE_NOT_SEGMENTED = "structure_not_segmented"
+OUTSIDE_IMAGE = "outside_image"
+
+
+@dataclass(frozen=True)
+class DroppedPoint:
+    """A ``(structure, poi)`` the decoder looked for and does not write, and why."""
+
+    structure: int
+    poi: int
+    reason: str
+
 
 @dataclass
 class DecodedPoints:
-    """Points of one case in preprocessed voxel space, arrays aligned by point."""
+    """Points of one case in preprocessed voxel space, arrays aligned by point.
+
+    ``dropped``: what was looked for and is not among the points, with the reason;
+    ``unbounded``: ``(structure, poi)`` of whole-image channels decoded over the whole image because
+    their structure was not in the segmentation (they may be among the points).
+    """
 
     structures: np.ndarray  # (N,) int
     pois: np.ndarray  # (N,) int
     positions: np.ndarray  # (N, 3) float64, preprocessed (z, y, x)
     confidence: np.ndarray  # (N,) float64 in [0, 1]
+    dropped: List[DroppedPoint] = field(default_factory=list)
+    unbounded: List[Tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.pois)
@@ -65,14 +109,46 @@ class DecodedPoints:
 
     @classmethod
     def concatenate(cls, parts: Sequence["DecodedPoints"]) -> "DecodedPoints":
+        dropped = [d for p in parts for d in p.dropped]
+        unbounded = [k for p in parts for k in p.unbounded]
         parts = [p for p in parts if len(p)]
         if not parts:
-            return cls.empty()
+            return cls(*cls.empty().arrays(), dropped=dropped, unbounded=unbounded)
         return cls(np.concatenate([p.structures for p in parts]), np.concatenate([p.pois for p in parts]),
-                   np.concatenate([p.positions for p in parts]), np.concatenate([p.confidence for p in parts]))
+                   np.concatenate([p.positions for p in parts]), np.concatenate([p.confidence for p in parts]),
+                   dropped, unbounded)
 
-    def select(self, keep: np.ndarray) -> "DecodedPoints":
-        return DecodedPoints(self.structures[keep], self.pois[keep], self.positions[keep], self.confidence[keep])
+    def arrays(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.structures, self.pois, self.positions, self.confidence
+
+    def select(self, keep: np.ndarray, reason: Optional[str] = None) -> "DecodedPoints":
+        """The points ``keep``; with a ``reason``, the others are added to :attr:`dropped` with it."""
+        dropped = list(self.dropped)
+        if reason is not None:
+            gone = ~np.asarray(keep, dtype=bool)
+            dropped += [DroppedPoint(int(s), int(p), reason) for s, p in zip(self.structures[gone], self.pois[gone])]
+        return DecodedPoints(self.structures[keep], self.pois[keep], self.positions[keep], self.confidence[keep],
+                             dropped, list(self.unbounded))
+
+    def outside_image(self, space: PreprocessedSpace) -> List[DroppedPoint]:
+        """The points :meth:`to_world` leaves out (past the raw image's border, see :func:`inside_image`)."""
+        if not len(self):
+            return []
+        _, keep = inside_image(space, space.preprocessed_to_world(self.positions))
+        return [DroppedPoint(int(s), int(p), OUTSIDE_IMAGE) for s, p in zip(self.structures[~keep], self.pois[~keep])]
+
+    def report(self, space: Optional[PreprocessedSpace] = None) -> str:
+        """One line on what was not written (and what was decoded without its structure's bounds),
+        empty where nothing was; with ``space``, points outside the image count too."""
+        dropped = self.dropped + (self.outside_image(space) if space is not None else [])
+        parts = [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(Counter(d.reason for d in dropped).items())]
+        line = ""
+        if parts:
+            line = f"{len(dropped)} point(s) not written ({', '.join(parts)})"
+        if self.unbounded:
+            line += ("; " if line else "") + (f"{len(self.unbounded)} channel(s) decoded over the whole image "
+                                              "(structure not in the segmentation)")
+        return line
 
     def to_world(self, space: PreprocessedSpace) -> PoiSet:
         """World mm points, kept inside the raw image (see :func:`inside_image`)."""
@@ -120,14 +196,105 @@ def decode_volume(heatmaps: torch.Tensor, amplitude: float) -> Tuple[np.ndarray,
     return np.concatenate(coords), np.concatenate(confidence)
 
 
+@dataclass
+class ChannelPeaks:
+    """Each channel's chosen peak (:func:`decode_channels`), arrays aligned by channel."""
+
+    positions: np.ndarray  # (C, 3) float64 voxel indices of the decoded array; NaN without a peak
+    confidence: np.ndarray  # (C,) fitted height / amplitude times the ambiguity factor
+    height_confidence: np.ndarray  # (C,) fitted height / amplitude alone
+    has_peak: np.ndarray  # (C,) bool: False where a channel's box holds no peak
+    peak_taken: np.ndarray  # (C,) bool: every peak of the channel went to other channels
+
+    def points(self, structures: np.ndarray, pois: np.ndarray, min_confidence: float) -> DecodedPoints:
+        """The channels found (confidence at least ``min_confidence``), the others dropped with their reason."""
+        reason = np.full(len(self.confidence), "", dtype=object)
+        reason[self.confidence < min_confidence] = AMBIGUOUS
+        reason[self.peak_taken & (self.confidence < min_confidence)] = PEAK_TAKEN
+        reason[self.height_confidence < min_confidence] = BELOW_MIN_CONFIDENCE
+        reason[~self.has_peak] = NO_PEAK_IN_STRUCTURE
+        found = reason == ""
+        structures, pois = np.asarray(structures, dtype=int), np.asarray(pois, dtype=int)
+        dropped = [DroppedPoint(int(s), int(p), str(r)) for s, p, r in zip(structures, pois, reason) if r]
+        return DecodedPoints(structures[found], pois[found], self.positions[found], self.confidence[found], dropped)
+
+
+def _spatial_box(box: CropBox, one_slice: bool) -> CropBox:
+    return CropBox(box.start[1:], box.size[1:]) if one_slice else box
+
+
+def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Optional[Sequence[float]],
+                    groups: Sequence[np.ndarray], boxes: Optional[Sequence[Optional[CropBox]]] = None,
+                    own_alternatives: bool = True) -> ChannelPeaks:
+    """Peaks of ``(C, z, y, x)`` heatmaps with channels of each of ``groups`` assigned to distinct peaks.
+
+    ``boxes``: per channel, the box (3 axes, inside the array) its peak must lie in, None for the whole
+    array. ``sigma_voxels``: the heatmap width per configuration axis (a 2d configuration's 2 axes are
+    the last two); without it, half the fit's window radius stands in. ``own_alternatives``: see
+    :func:`~poi_nnunet.inference.peak_assignment.assign_peaks`. Channels are decoded in groups of at most
+    :data:`MAX_DECODE_VOXELS` voxels, as :func:`decode_volume` does, and a channel's slot 0 is exactly
+    what that gives.
+    """
+    if heatmaps.ndim != 4:
+        raise ValueError(f"heatmaps must be (C, z, y, x), got {tuple(heatmaps.shape)}")
+    n = heatmaps.shape[0]
+    one_slice = heatmaps.shape[1] == 1
+    sigma = None if sigma_voxels is None else pad_axes(sigma_voxels, 3, fill=max(float(v) for v in sigma_voxels))
+    per_group = max(1, MAX_DECODE_VOXELS // max(1, heatmaps[0].numel()))
+    parts = []
+    for start in range(0, n, per_group):
+        maps = heatmaps[start:start + per_group].float()
+        spatial = maps[:, 0] if one_slice else maps  # a 2D image is decoded as 2D
+        fit = fit_heatmap_peaks(spatial[None], amplitude=amplitude)
+        if sigma is None:
+            sigma = np.full(3, fit.radius / 2.0)
+        part_boxes = None if boxes is None else [None if b is None else _spatial_box(b, one_slice)
+                                                 for b in boxes[start:start + len(maps)]]
+        parts.append(find_candidates(spatial, fit, sigma[1:] if one_slice else sigma, amplitude, part_boxes))
+    if not parts:
+        empty = np.zeros(0)
+        return ChannelPeaks(np.zeros((0, 3)), empty, empty, empty.astype(bool), empty.astype(bool))
+    cands = Candidates.concatenate(parts)
+    chosen, factor = assign_peaks(cands, groups, sigma[1:] if one_slice else sigma, own_alternatives)
+    slot = np.maximum(chosen, 0)  # a channel whose peaks were all taken keeps its best, with factor 0
+    rows = np.arange(n)
+    has_peak = cands.valid[:, 0]
+    refit = np.nonzero(has_peak & ~cands.fitted[rows, slot])[0]  # only chosen peaks are fitted
+    for start in range(0, len(refit), per_group):
+        channels = refit[start:start + per_group]
+        maps = heatmaps[torch.from_numpy(channels)].float()
+        cands.refit(maps[:, 0] if one_slice else maps, channels, slot[channels], amplitude)
+    positions = np.where(has_peak[:, None], pad_to_3d(cands.positions[rows, slot]), np.nan)  # 2D: z = 0
+    height = np.where(has_peak, cands.confidence[rows, slot], 0.0)
+    return ChannelPeaks(positions, height * factor, height, has_peak, has_peak & (chosen == NONE))
+
+
 def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: float,
-                       min_confidence: float = MIN_CONFIDENCE) -> DecodedPoints:
-    """One point per channel: channel ``c`` is the pair ``layout.channel_keys[c]``."""
+                       min_confidence: float = MIN_CONFIDENCE, segmentation: Optional[np.ndarray] = None,
+                       sigma_voxels: Optional[Sequence[float]] = None,
+                       support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
+                       min_structure_voxels: int = MIN_STRUCTURE_VOXELS) -> DecodedPoints:
+    """One point per channel: channel ``c`` is the pair ``layout.channel_keys[c]``; with a ``segmentation``
+    (and ``sigma_voxels``), a structure's channels look for their peaks inside its grown box (see the
+    module docstring)."""
     _check_channels(heatmaps, layout)
-    positions, confidence = decode_volume(heatmaps, amplitude)
     keys = np.array(layout.channel_keys, dtype=int).reshape(-1, 2)
-    found = confidence >= min_confidence
-    return DecodedPoints(keys[:, 0], keys[:, 1], positions, confidence).select(found)
+    boxes: Optional[List[Optional[CropBox]]] = None
+    unbounded: List[Tuple[int, int]] = []
+    if segmentation is not None:
+        _check_segmentation(segmentation, heatmaps)
+        if sigma_voxels is None:
+            raise ValueError("decoding inside structures needs sigma_voxels (the structure box margin)")
+        labels = sorted({int(s) for s in keys[:, 0] if s != 0})
+        found = dict(structure_boxes(segmentation, labels, structure_margin(sigma_voxels, support_sigmas),
+                                     min_structure_voxels))
+        boxes = [found.get(int(s)) for s in keys[:, 0]]
+        unbounded = [(int(s), int(p)) for s, p in keys if s != 0 and int(s) not in found]
+    groups = [np.nonzero(keys[:, 0] == s)[0] for s in np.unique(keys[:, 0])]
+    peaks = decode_channels(heatmaps, amplitude, sigma_voxels, groups, boxes, own_alternatives=True)
+    points = peaks.points(keys[:, 0], keys[:, 1], min_confidence)
+    points.unbounded = unbounded
+    return points
 
 
 def structure_margin(sigma_voxels: Sequence[float],
@@ -164,32 +331,45 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
                       support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
     """Every channel decoded inside each predicted structure's grown box (see the module docstring)."""
     _check_channels(heatmaps, layout)
-    if tuple(np.shape(segmentation)) != tuple(heatmaps.shape[1:]):
-        raise ValueError(f"segmentation {np.shape(segmentation)} does not match heatmaps {tuple(heatmaps.shape)}")
+    _check_segmentation(segmentation, heatmaps)
     pois = np.array([p for _, p in layout.channel_keys], dtype=int)
+    everyone = [np.arange(len(pois))]
     parts = []
-    for label, box in structure_boxes(segmentation, layout.layers, structure_margin(sigma_voxels, support_sigmas),
-                                      min_structure_voxels):
-        positions, confidence = decode_volume(heatmaps[(slice(None), *box.slices)], amplitude)
-        positions = box.from_crop(positions)
-        found = confidence >= min_confidence
-        parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, confidence).select(found))
-    return DecodedPoints.concatenate(parts)
+    boxes = structure_boxes(segmentation, layout.layers, structure_margin(sigma_voxels, support_sigmas),
+                            min_structure_voxels)
+    for label, box in boxes:
+        peaks = decode_channels(heatmaps[(slice(None), *box.slices)], amplitude, sigma_voxels, everyone,
+                                own_alternatives=False)
+        peaks.positions = box.from_crop(peaks.positions)
+        parts.append(peaks.points(np.full(len(pois), label), pois, min_confidence))
+    present = {label for label, _ in boxes}
+    absent = [DroppedPoint(int(label), int(p), STRUCTURE_NOT_SEGMENTED)
+              for label in layout.layers if label not in present for p in pois]
+    points = DecodedPoints.concatenate(parts)
+    points.dropped = absent + points.dropped
+    return points
 
 
 def decode_points(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: float,
                   segmentation: Optional[np.ndarray] = None, sigma_voxels: Optional[Sequence[float]] = None,
                   min_confidence: float = MIN_CONFIDENCE,
                   support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
-    """Decode by the layout's mode; structure mode needs the preprocessed segmentation and sigma."""
+    """Decode by the layout's mode; structure mode needs the preprocessed segmentation and sigma, whole-image
+    mode bounds a structure's channels to it where a segmentation (with sigma) is given."""
     if layout.mode == WHOLE_IMAGE:
-        return decode_whole_image(heatmaps, layout, amplitude, min_confidence)
+        return decode_whole_image(heatmaps, layout, amplitude, min_confidence, segmentation, sigma_voxels,
+                                  support_sigmas)
     if layout.mode == STRUCTURE_MODE:
         if segmentation is None or sigma_voxels is None:
             raise ValueError("structure mode decodes inside predicted structures: pass segmentation and sigma_voxels")
         return decode_structures(heatmaps, segmentation, layout, sigma_voxels, amplitude, min_confidence,
                                  support_sigmas=support_sigmas)
     raise ValueError(f"unknown crop mode {layout.mode!r}")
+
+
+def _check_segmentation(segmentation: np.ndarray, heatmaps: torch.Tensor) -> None:
+    if tuple(np.shape(segmentation)) != tuple(heatmaps.shape[1:]):
+        raise ValueError(f"segmentation {np.shape(segmentation)} does not match heatmaps {tuple(heatmaps.shape)}")
 
 
 def _check_channels(heatmaps: torch.Tensor, layout: ChannelLayout) -> None:

@@ -62,7 +62,7 @@ class CasePrediction:
     segmentation_logits: torch.Tensor  # (n_seg, z, y, x), CPU, as nnU-Net returns them (float16)
     heatmaps: torch.Tensor  # (C, z, y, x), CPU, float16
     points: DecodedPoints  # preprocessed coordinates
-    segmentation: Optional[np.ndarray] = None  # (z, y, x) labels in preprocessed space (structure mode)
+    segmentation: Optional[np.ndarray] = None  # (z, y, x) labels in preprocessed space the points were decoded in
 
 
 def checked_segmentation(segmentation: np.ndarray, data: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -217,8 +217,10 @@ class PoiPredictor(nnUNetPredictor):
 
         ``data`` is nnU-Net's preprocessed array ``(channels, z, y, x)``; ``space`` the case's
         preprocessed space (for the left-right axis; points stay in preprocessed coordinates).
-        ``segmentation``: instance labels in the same space (``poi_predict --labels``); in structure
-        mode the peaks are then looked for inside these structures instead of the predicted ones.
+        ``segmentation``: instance labels in the same space (``poi_predict --labels``); the peaks are
+        then looked for inside these structures instead of the predicted ones. Without it, the predicted
+        segmentation is used where the dataset has labels (in whole-image mode a structure's channels
+        are decoded inside its box, see :mod:`.decoding`), and structure mode requires it.
         """
         data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
         expected = self.network_input_channels()
@@ -235,7 +237,8 @@ class PoiPredictor(nnUNetPredictor):
         seg_logits, heatmaps = logits[: self.num_segmentation_outputs], logits[self.num_segmentation_outputs:]
         if segmentation is not None:
             segmentation = checked_segmentation(segmentation, data)
-        elif self.layout.mode == STRUCTURE_MODE:
+        elif self.layout.mode == STRUCTURE_MODE or self.has_segmentation:
+            # structure mode decodes inside the structures; whole-image mode bounds each structure's channels
             segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
         plan = self.poi_plan
         points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation,

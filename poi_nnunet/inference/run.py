@@ -38,6 +38,14 @@ def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: Prep
     return write_case_outputs(out_dir, case, pois, predictor.dataset_json, segmentation, properties, reader_writer)
 
 
+def report_dropped(case: str, prediction: CasePrediction, space: PreprocessedSpace) -> None:
+    """One line for a case where points were not written (and why), or decoded without their structure's
+    bounds (see :meth:`DecodedPoints.report`); nothing where every channel gave a point."""
+    line = prediction.points.report(space)
+    if line:
+        tqdm.write(f"{case}: {line}")
+
+
 def provided_label_files(cases: Sequence[InputCase], labels_dir: PathLike, ending: str) -> List[str]:
     """``labels_dir/<case><ending>`` of every case; a missing one is an error that names it."""
     files = [Path(labels_dir) / f"{c.case}{ending}" for c in cases]
@@ -75,6 +83,7 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
                                                          data.shape[1:], raw=ImageGeometry.from_file(case.files[0]))
         prediction = predictor.predict_case(data, space, segmentation=None if seg is None else np.asarray(seg[0]))
         export_case(predictor, prediction, space, properties, out_dir, case.case)
+        report_dropped(case.case, prediction, space)
         done.append(case.case)
     return done
 
@@ -126,6 +135,7 @@ def predict_preprocessed_cases(predictor: PoiPredictor, preprocessed_folder: Pat
                                  "preprocess again")
         prediction = predictor.predict_case(data, space)
         export_case(predictor, prediction, space, properties, out_dir, case)
+        report_dropped(case, prediction, space)
         done.append(case)
     return done
 
