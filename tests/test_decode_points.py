@@ -218,8 +218,9 @@ def test_decoding_in_channel_groups_gives_the_same_points(monkeypatch: pytest.Mo
     shape = (12, 14, 16)
     truth = np.array([[4.2, 5.5, 6.1], [7.7, 8.3, 9.9], [6.0, 3.4, 11.2]])
     maps = _render(truth[:, None], shape, 1.3)
-    whole = decoding.decode_volume(maps, AMPLITUDE)
+    groups = [np.arange(3)]
+    whole = decoding.decode_channels(maps, AMPLITUDE, None, groups).positions
     monkeypatch.setattr(decoding, "MAX_DECODE_VOXELS", 2 * int(np.prod(shape)))  # groups of 2 channels
-    grouped = decoding.decode_volume(maps, AMPLITUDE)
-    np.testing.assert_allclose(grouped[0], whole[0], atol=1e-4)
-    np.testing.assert_allclose(grouped[0], truth, atol=0.01)
+    grouped = decoding.decode_channels(maps, AMPLITUDE, None, groups).positions
+    np.testing.assert_allclose(grouped, whole, atol=1e-4)
+    np.testing.assert_allclose(grouped, truth, atol=0.01)

@@ -8,7 +8,6 @@ evaluation summary is written into the fold folder.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence

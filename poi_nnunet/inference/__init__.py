@@ -12,7 +12,7 @@
 from .decoding import MIN_CONFIDENCE, DecodedPoints, DroppedPoint, decode_points, decode_structures, decode_whole_image
 from .model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, ModelFolder, find_model_folder, predictor_for
 from .predictor import CasePrediction, PoiPredictor
-from .run import predict_folder, predict_input_cases, predict_preprocessed_cases
+from .run import predict_input_cases, predict_preprocessed_cases
 
 __all__ = [
     "CasePrediction",
@@ -27,7 +27,6 @@ __all__ = [
     "decode_structures",
     "decode_whole_image",
     "find_model_folder",
-    "predict_folder",
     "predict_input_cases",
     "predict_preprocessed_cases",
     "predictor_for",

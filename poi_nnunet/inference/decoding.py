@@ -55,7 +55,7 @@ import torch
 
 from ..channels import ChannelLayout
 from ..geometry import CropBox, PreprocessedSpace, pad_axes, pad_to_3d
-from ..heatmaps import decode_heatmaps, fit_heatmap_peaks
+from ..heatmaps import fit_heatmap_peaks
 from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
 from .peak_assignment import NONE, Candidates, assign_peaks, find_candidates
@@ -175,27 +175,6 @@ def inside_image(space: PreprocessedSpace, world: np.ndarray) -> Tuple[np.ndarra
     return np.where((overshoot > 0)[:, None], moved, world), keep
 
 
-def decode_volume(heatmaps: torch.Tensor, amplitude: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Sub-voxel peak of every channel of ``(C, z, y, x)``: ``(C, 3)`` positions and ``(C,)`` confidences.
-
-    A single slice (a 2D image) is decoded as 2D and given z = 0. Channels are decoded in groups of at
-    most :data:`MAX_DECODE_VOXELS` voxels, so hundreds of 3D heatmaps never sit in float32 at once.
-    """
-    if heatmaps.ndim != 4:
-        raise ValueError(f"heatmaps must be (C, z, y, x), got {tuple(heatmaps.shape)}")
-    per_group = max(1, MAX_DECODE_VOXELS // max(1, heatmaps[0].numel()))
-    coords, confidence = [], []
-    for start in range(0, heatmaps.shape[0], per_group):
-        maps = heatmaps[start:start + per_group].float()
-        one_slice = maps.shape[1] == 1
-        c, p = decode_heatmaps(maps[None, :, 0] if one_slice else maps[None], amplitude=amplitude)
-        coords.append(pad_to_3d(c[0].double().cpu().numpy()))  # a 2D image's points get z = 0
-        confidence.append(p[0].double().cpu().numpy())
-    if not coords:
-        return np.zeros((0, 3)), np.zeros(0)
-    return np.concatenate(coords), np.concatenate(confidence)
-
-
 @dataclass
 class ChannelPeaks:
     """Each channel's chosen peak (:func:`decode_channels`), arrays aligned by channel."""
@@ -232,8 +211,8 @@ def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Opti
     array. ``sigma_voxels``: the heatmap width per configuration axis (a 2d configuration's 2 axes are
     the last two); without it, half the fit's window radius stands in. ``own_alternatives``: see
     :func:`~poi_nnunet.inference.peak_assignment.assign_peaks`. Channels are decoded in groups of at most
-    :data:`MAX_DECODE_VOXELS` voxels, as :func:`decode_volume` does, and a channel's slot 0 is exactly
-    what that gives.
+    :data:`MAX_DECODE_VOXELS` voxels (so hundreds of 3D heatmaps never sit in float32 at once), and a
+    channel's best candidate is exactly :func:`~poi_nnunet.heatmaps.decode_heatmaps`' fit.
     """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must be (C, z, y, x), got {tuple(heatmaps.shape)}")

@@ -188,12 +188,15 @@ class PoiPredictor(nnUNetPredictor):
         assert max(mirror_axes) <= x.ndim - 3, "mirror_axes does not match the dimension of the input!"
         axes = [m + 2 for m in mirror_axes]
         combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        perm = torch.as_tensor(self.mirror_permutation, device=prediction.device)
+        swapped = None  # the un-flipped outputs of left-right flips, summed, then permuted once
         for flip in combinations:
             out = torch.flip(self.network(torch.flip(x, flip)), flip)
             if self.left_right_axis + 2 in flip:
-                out = out.index_select(1, perm)
-            prediction += out
+                swapped = out if swapped is None else swapped + out
+            else:
+                prediction += out
+        if swapped is not None:
+            prediction += swapped.index_select(1, torch.as_tensor(self.mirror_permutation, device=swapped.device))
         return prediction / (len(combinations) + 1)
 
     # ------------------------------------------------------------------ prediction

@@ -138,19 +138,3 @@ def predict_preprocessed_cases(predictor: PoiPredictor, preprocessed_folder: Pat
         report_dropped(case, prediction, space)
         done.append(case)
     return done
-
-
-def predict_folder(predictor: PoiPredictor, input_folder: PathLike, out_dir: PathLike, overwrite: bool = False,
-                   progress: bool = True, check_geometry: Optional[bool] = True) -> List[str]:
-    """List, check and predict every case of ``input_folder`` (nnU-Net-named files)."""
-    from .inputs import check_dimensionality, list_input_cases
-
-    model = getattr(predictor, "model_folder", None)
-    ending = predictor.dataset_json["file_ending"]
-    cases = list_input_cases(input_folder, ending, predictor.network_input_channels())
-    if check_geometry:
-        axes = len(predictor.configuration_manager.patch_size)
-        trained_2d = model.trained_on_2d_images if model is not None else None
-        name = model.configuration if model is not None else f"{axes}d"
-        check_dimensionality(cases, name, axes, trained_2d)
-    return predict_input_cases(predictor, cases, out_dir, overwrite=overwrite, progress=progress)
