@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from nnunetv2.configuration import ANISO_THRESHOLD
+
 from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
 
 from .cleaning import MIN_VOXEL_DIAGONALS
@@ -125,6 +127,8 @@ def elastic_magnitude_voxels(crop_mm: np.ndarray, spacing: np.ndarray, patch_siz
     stay almost everywhere fold-free; points caught in a fold are masked by the loader.
     """
     shown = np.minimum(crop_mm / spacing, patch_size)
+    if len(patch_size) == 3 and max(patch_size) / patch_size[0] > ANISO_THRESHOLD:
+        shown = shown[1:]  # nnU-Net augments such patches in 2D: the first axis is never deformed
     top = max(ELASTIC_MIN_VOXELS, ELASTIC_FRACTION_OF_CROP * float(shown.min()))
     return [round(top / 2, 3), round(top, 3)]
 

@@ -34,10 +34,6 @@ class PoiBatch:
         return cls(move("keypoints").float(), move("keypoints_inside").bool(), move("channel_valid").bool(),
                    move("centre_layer").long(), move("patch_spacing_mm").float())
 
-    @property
-    def batch_size(self) -> int:
-        return int(self.keypoints.shape[0])
-
 
 @dataclass
 class LossOutput:

@@ -38,7 +38,7 @@ import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
-from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_VOXEL_SCALE
+from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_TO_SAMPLE
 from .channels import ChannelLayout
 from .geometry import CropBox, drop_slice_axis, inside_extent, last_axes, pad_axes
 from .plan import STRUCTURE_MODE, PoiPlan
@@ -83,6 +83,23 @@ def centre_shift_voxels(plan: PoiPlan, spacing: Sequence[float], patch_size: Seq
     crop_mm = last_axes(np.asarray(plan.crop_size_mm, dtype=float), len(patch))
     crop = crop_mm / last_axes(np.asarray(spacing, dtype=float), len(patch))
     return np.clip((patch - crop) / 2, patch / 16, patch / 8)
+
+
+def patch_spacing_mm(spacing: np.ndarray, patch_to_sample: Optional[np.ndarray]) -> np.ndarray:
+    """mm per patch voxel step along each patch axis: ``|diag(spacing) @ A[:, i]|``.
+
+    ``A`` (``patch_to_sample``) takes a patch step to sample voxels; scaling it by the sample's
+    spacing gives the step in mm, which stays right when a rotation mixes axes of different spacing.
+    Without a spatial transform a step is one voxel. Dummy-2D augmentation moves the two in-plane
+    axes only; the folded axis keeps its spacing.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if patch_to_sample is None:
+        return spacing.copy()
+    linear = np.eye(len(spacing))
+    a = np.asarray(patch_to_sample, dtype=np.float64)
+    linear[len(spacing) - len(a):, len(spacing) - len(a):] = a
+    return np.linalg.norm(spacing[:, None] * linear, axis=0)
 
 
 class PoiDataLoader(nnUNetDataLoader):
@@ -175,21 +192,12 @@ class PoiDataLoader(nnUNetDataLoader):
                 inside_all.append(torch.from_numpy(inside))
                 valid_all.append(self.channel_valid(torch.isfinite(moved).all(1).numpy(), full_res))
                 centre_all.append(int(sample.get(CENTRE_LAYER, layer)))
-                spacing_all.append(self.patch_spacing_mm(sample.get(PATCH_VOXEL_SCALE)))
+                spacing_all.append(patch_spacing_mm(self.spacing, sample.get(PATCH_TO_SAMPLE)))
         return {"data": data_all, "target": seg_all, "keys": keys,
                 "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),
                 "channel_valid": torch.from_numpy(np.stack(valid_all)),
                 "centre_layer": torch.tensor(centre_all, dtype=torch.long),
                 "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float()}
-
-    def patch_spacing_mm(self, scale: Optional[np.ndarray]) -> np.ndarray:
-        """mm per patch voxel step per axis: the spacing times the spatial transform's scale (1 without one).
-
-        Dummy-2D augmentation scales the two in-plane axes only; the folded axis keeps its spacing.
-        """
-        if scale is None:
-            return self.spacing.copy()
-        return self.spacing * pad_axes(scale, len(self.spacing), 1.0)
 
     def channel_valid(self, usable: np.ndarray, segmentation: torch.Tensor) -> np.ndarray:
         """Which channels have a known target in this patch (see the module docstring)."""

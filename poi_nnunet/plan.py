@@ -37,7 +37,7 @@ class PoiPlan:
       :data:`WHOLE_IMAGE`.
     * ``crop_size_mm``: what one structure-mode sample must show (the structure and its neighbours);
       the loaders bound the random shift of the crop centre so that it stays in the patch.
-    * ``heatmap_sigma_voxels`` / ``heatmap_sigma_mm``: the Gaussian target's width.
+    * ``heatmap_sigma_voxels``: the Gaussian target's width (the block also records it in mm).
     * ``heatmap_amplitude``: the target's peak height (targets are ``amplitude * exp(-d^2 / 2 sigma^2)``;
       a prediction's confidence is its peak divided by it).
     * ``peak_support_sigmas``: how many sigmas a peak reaches: a point farther than this outside a
@@ -51,7 +51,6 @@ class PoiPlan:
 
     crop_mode: str
     crop_size_mm: Tuple[float, ...]
-    heatmap_sigma_mm: float
     heatmap_sigma_voxels: Tuple[float, ...]
     heatmap_amplitude: float
     peak_support_sigmas: float
@@ -81,7 +80,6 @@ class PoiPlan:
             return cls(
                 crop_mode=mode,
                 crop_size_mm=tuple(float(v) for v in block["crop_size_mm"]),
-                heatmap_sigma_mm=float(block["heatmap_sigma_mm"]),
                 heatmap_sigma_voxels=tuple(float(v) for v in block["heatmap_sigma_voxels"]),
                 heatmap_amplitude=float(block.get("heatmap_amplitude", DEFAULT_HEATMAP_AMPLITUDE)),
                 peak_support_sigmas=float(block.get("peak_support_sigmas", DEFAULT_PEAK_SUPPORT_SIGMAS)),

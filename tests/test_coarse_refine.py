@@ -124,7 +124,7 @@ def _layout(layers=(7, 8), channels=3) -> ChannelLayout:
 
 
 def _plan(channels: int = 3, sigma=(1.0, 1.0, 1.0)) -> PoiPlan:
-    return PoiPlan("structure_with_neighbours", (20.0,) * 3, 1.0, tuple(sigma), 10.0, 3.0, (4, 4, 4), (1.5, 3.0),
+    return PoiPlan("structure_with_neighbours", (20.0,) * 3, tuple(sigma), 10.0, 3.0, (4, 4, 4), (1.5, 3.0),
                    (0.1, 0.2), tuple({"structure": None, "poi": 100 + c, "name": str(c)} for c in range(channels)))
 
 

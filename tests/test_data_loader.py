@@ -149,7 +149,7 @@ def test_augmented_keypoints_and_their_targets_sit_where_the_image_came_from(dim
     initial = (64, 64) if dim == 2 else (40, 40, 40)
     loader = PoiDataLoader(ds, 2, initial, patch, label_manager(), layout, cases, False, spacing=(1.0,) * dim,
                            transforms=transforms)
-    plan = PoiPlan(layout.mode, (40.0,) * dim, 1.5, (1.5,) * dim, 1.0, 3.0, (8,) * dim, (1.0, 2.0), (0.1, 0.2),
+    plan = PoiPlan(layout.mode, (40.0,) * dim, (1.5,) * dim, 1.0, 3.0, (8,) * dim, (1.0, 2.0), (0.1, 0.2),
                    tuple({"structure": s, "poi": p, "name": n} for (s, p), n in zip(layout.channel_keys,
                                                                                     layout.channel_names)))
     np.random.seed(1)

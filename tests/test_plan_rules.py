@@ -112,3 +112,14 @@ def test_cleaning_flags_only_points_far_off_their_surface() -> None:
     # the fence of tightly clustered distances is below a voxel: the 1.1 voxel diagonal floor applies
     assert thresholds["2"] < 1.0
     assert flagged[0]["threshold_mm"] == pytest.approx(1.1 * np.sqrt(3), abs=1e-3)
+
+
+def test_elastic_range_of_a_dummy_2d_patch_uses_its_in_plane_axes_only() -> None:
+    """A (32, 192, 160) patch is augmented in 2D by nnU-Net (192 / 32 > 3): its first axis is never
+    deformed, so it must not shrink the range: 5% of min(192, 160) = 8 voxels, not the 3-voxel floor."""
+    from planners.poi_plan import elastic_magnitude_voxels
+
+    crop = np.array([400.0, 400.0, 400.0])
+    np.testing.assert_allclose(elastic_magnitude_voxels(crop, np.ones(3), np.array([32, 192, 160])), [4.0, 8.0])
+    # an isotropic-enough patch keeps every axis: 5% of 64 = 3.2
+    np.testing.assert_allclose(elastic_magnitude_voxels(crop, np.ones(3), np.array([64, 96, 96])), [1.6, 3.2])

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from poi_nnunet.augmentation import PointMirrorTransform, PointSpatialTransform
-from poi_nnunet.augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_VOXEL_SCALE
+from poi_nnunet.augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_TO_SAMPLE
 from poi_nnunet.channels import ChannelLayout
 from poi_nnunet.geometry import PatchSampling, interpolate_field
 from poi_nnunet.losses import MaskedHeatmapLoss
@@ -121,7 +121,7 @@ def test_a_point_caught_in_a_fold_has_no_position_and_renders_no_target(monkeypa
     out = transform(image=torch.zeros((1, 20, 20, 20)), **{KEYPOINTS: points})
     assert torch.isnan(out[KEYPOINTS][0]).all() and not bool(out[KEYPOINTS_VALID][0])
     assert torch.isfinite(out[KEYPOINTS][1]).all()
-    plan = PoiPlan("whole_image", (20.0,) * 3, 2.0, (2.0,) * 3, 10.0, 3.0, (8,) * 3, (1.0, 2.0), (0.1, 0.2),
+    plan = PoiPlan("whole_image", (20.0,) * 3, (2.0,) * 3, 10.0, 3.0, (8,) * 3, (1.0, 2.0), (0.1, 0.2),
                    ({"structure": 0, "poi": 1, "name": "a"}, {"structure": 0, "poi": 2, "name": "b"}))
     layout = ChannelLayout.from_plan(plan, {"labels": {"background": 0}})
     heatmaps = render_point_targets(out[KEYPOINTS][None].float(), layout, (16, 16, 16), plan)
@@ -129,20 +129,27 @@ def test_a_point_caught_in_a_fold_has_no_position_and_renders_no_target(monkeypa
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_patch_voxel_scale_is_the_length_of_a_patch_step_in_sample_voxels(dim: int) -> None:
-    """Read from the image itself: one patch voxel step along axis i spans ``scale_i`` sample voxels."""
+def test_patch_spacing_is_the_millimetres_of_a_patch_step_after_rotation_and_scaling(dim: int) -> None:
+    """Read from the image itself: the coordinate channels at neighbouring patch voxels say how many
+    sample voxels one patch step spans along each sample axis; times an anisotropic spacing, its length
+    is the step in mm (a rotation mixes axes of different spacing, so the scale alone would be wrong)."""
+    from poi_nnunet.data_loader import patch_spacing_mm
+
     torch.manual_seed(1)
     np.random.seed(1)
-    transform = _spatial(24, dim, p_scaling=1, scaling=(1.3, 1.3), p_rotation=1, rotation=(0.4, 0.4))
+    transform = _spatial(24, dim, p_scaling=1, scaling=(1.3, 1.3), p_rotation=1, rotation=(0.5, 0.5))
     out = transform(image=coordinate_image((40,) * dim), **{KEYPOINTS: torch.zeros((1, dim), dtype=torch.float64)})
     field = np.moveaxis(out["image"].numpy().astype(np.float64), 0, -1)
+    spacing = np.array([3.0, 0.8, 0.5][-dim:])
+    got = patch_spacing_mm(spacing, out[PATCH_TO_SAMPLE])
     centre = (12,) * dim
     for axis in range(dim):
         step = list(centre)
         step[axis] += 1
-        moved = np.linalg.norm(field[tuple(step)] - field[centre])
-        assert out[PATCH_VOXEL_SCALE][axis] == pytest.approx(moved, rel=1e-3)
-        assert moved == pytest.approx(1.3, rel=1e-3)  # rotation keeps lengths
+        in_sample_voxels = field[tuple(step)] - field[centre]
+        assert got[axis] == pytest.approx(np.linalg.norm(spacing * in_sample_voxels), rel=1e-3)
+    assert not np.allclose(got, 1.3 * spacing, rtol=1e-2)  # the rotation mixed the spacings
+    np.testing.assert_allclose(patch_spacing_mm(spacing, None), spacing)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -151,7 +158,7 @@ def test_in_peaks_loss_counts_a_channel_once_however_many_structures_peak_in_it(
     cost 3.0 per channel before (one peak's energy as the unit); it costs 1, as documented."""
     sigma = [2.0, 2.0, 2.0]
     layout = structure_layout(layers=(1, 2, 3))
-    plan = PoiPlan("structure_with_neighbours", (40.0,) * 3, 2.0, tuple(sigma), 10.0, 3.0, (8,) * 3, (1.0, 2.0),
+    plan = PoiPlan("structure_with_neighbours", (40.0,) * 3, tuple(sigma), 10.0, 3.0, (8,) * 3, (1.0, 2.0),
                    (0.1, 0.2), ({"structure": None, "poi": 10, "name": "a"},))
     keypoints = torch.tensor([[[8.0, 16.0, 16.0], [16.0, 16.0, 16.0], [24.0, 16.0, 16.0]]])
     target = render_point_targets(keypoints, layout, (32, 32, 32), plan)

@@ -11,8 +11,9 @@ along the pipeline. Points ride in the same dict:
   this case or has left the patch. Its row is still moved (for bookkeeping)
   but must not be used as a target. A point that has no position in the patch
   (caught in a fold of an elastic field) becomes NaN.
-* ``patch_voxel_scale``: how long one patch voxel step is, per axis, in voxels of
-  the sample (scaling augmentation changes it; the loader turns it into mm).
+* ``patch_to_sample``: ``(D, D)`` linear part of the map from patch voxels to
+  sample voxels (column ``i``: where one step along patch axis ``i`` goes;
+  rotation and scaling augmentation set it; the loader turns it into mm).
 * ``centre_layer``: which slot layer the sample is centred on; mirroring that
   exchanges left and right structures exchanges it too.
 
@@ -28,7 +29,7 @@ import torch
 KEYPOINTS = "keypoints"
 KEYPOINTS_VALID = "keypoints_valid"
 # Per-sample entries that transforms keep up to date beside the points:
-PATCH_VOXEL_SCALE = "patch_voxel_scale"  # float64 (D,): length of one patch voxel step in sample voxels
+PATCH_TO_SAMPLE = "patch_to_sample"  # float64 (D, D): patch voxel step -> sample voxels (linear part)
 CENTRE_LAYER = "centre_layer"  # int: slot layer of the structure a crop is centred on (-1 unknown)
 
 

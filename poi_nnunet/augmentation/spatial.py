@@ -16,7 +16,7 @@ import numpy as np
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
 from ..geometry import PatchSampling, inside_extent, interpolate_field
-from .keys import KEYPOINTS, PATCH_VOXEL_SCALE, read_points, write_points
+from .keys import KEYPOINTS, PATCH_TO_SAMPLE, read_points, write_points
 
 # How far (voxels) the point map may stray from the image's grid before we call it a bug:
 # float32 grids are good to ~1e-5, a convention change in batchgeneratorsv2 is >= 0.5.
@@ -31,8 +31,8 @@ class PointSpatialTransform(SpatialTransform):
     are kept as computed, never clamped (a point outside says where a target is
     not). Where an elastic field folds so that a point has no unique position,
     it has no position at all: its coordinates become NaN, so no target is
-    rendered for it. ``patch_voxel_scale`` records the length of a patch voxel
-    step per axis, in sample voxels (the scaling augmentation's factor).
+    rendered for it. ``patch_to_sample`` records the linear part of the patch ->
+    sample map (rotation and scaling), from which the loader derives mm per patch step.
     """
 
     def apply(self, data_dict: dict, **params) -> dict:
@@ -49,7 +49,7 @@ class PointSpatialTransform(SpatialTransform):
             check_against_grid(sampling, params["grid"].numpy(), sample_shape, self.align_corners, moved[solved])
         moved[~solved] = np.nan
         valid = valid & solved & inside_extent(moved, self.patch_size)
-        data_dict[PATCH_VOXEL_SCALE] = np.linalg.norm(sampling.linear, axis=0)
+        data_dict[PATCH_TO_SAMPLE] = sampling.linear.copy()
         return write_points(data_dict, moved, valid, dtype)
 
 

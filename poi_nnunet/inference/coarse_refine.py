@@ -215,10 +215,8 @@ class CoarseRefinePredictor(PoiPredictor):
     def _mirrored_layers(self, layers: torch.Tensor) -> torch.Tensor:
         """Layer index of each crop's mirror-partner structure (a flipped left femur looks like a right one)."""
         pairs = self.dataset_json.get("structure_mirror_pairs") or []
-        if not pairs or self.layout.mode != STRUCTURE_MODE:
+        perm = self.layout.layer_permutation(pairs) if self.layout.mode == STRUCTURE_MODE else None
+        if perm is None:
             return layers
-        partner = {int(a): int(b) for a, b in pairs} | {int(b): int(a) for a, b in pairs}
-        index = {label: i for i, label in enumerate(self.layout.layers)}
-        mapped = [index.get(partner.get(self.layout.layers[int(l)], -1), int(l)) if int(l) >= 0 else int(l)
-                  for l in layers.tolist()]
-        return torch.tensor(mapped, dtype=layers.dtype, device=layers.device)
+        perm = torch.as_tensor(perm, dtype=layers.dtype, device=layers.device)
+        return torch.where(layers >= 0, perm[layers.clamp_min(0)], layers)  # the training loader's mapping

@@ -216,6 +216,7 @@ def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Opti
     """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must be (C, z, y, x), got {tuple(heatmaps.shape)}")
+    heatmaps = heatmaps.cpu()  # candidate search and assignment index with CPU tensors and numpy
     n = heatmaps.shape[0]
     one_slice = heatmaps.shape[1] == 1
     sigma = None if sigma_voxels is None else pad_axes(sigma_voxels, 3, fill=max(float(v) for v in sigma_voxels))
