@@ -277,6 +277,12 @@ DOT_CASES = {
 DOT_SIGMA_RAW_VOXELS = 2.5
 
 
+def _dot_structure(k: int) -> int:
+    """Dot 0 belongs to the segmented body (label 1, see :class:`_DotsAreHeatmaps`); the others to no
+    structure, so their peaks are searched in the whole image."""
+    return 1 if k == 0 else 0
+
+
 def _dot_model(env, setup: dict):
     """Plans and dataset.json of a model with one noNorm input channel per dot and one heatmap per dot."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -290,7 +296,7 @@ def _dot_model(env, setup: dict):
     block = dict(config["poi"])
     block.update(crop_mode="whole_image", heatmap_amplitude=AMPLITUDE, heatmap_sigma_voxels=[2.0] * len(patch),
                  refine_patch_size=[16] * len(patch), crop_size_mm=[100.0] * len(patch),
-                 poi_channels=[{"structure": 1, "poi": k + 1, "name": f"dot{k}"} for k in range(n)])
+                 poi_channels=[{"structure": _dot_structure(k), "poi": k + 1, "name": f"dot{k}"} for k in range(n)])
     config["poi"] = block
     intensities = plans["foreground_intensity_properties_per_channel"]["0"]  # read by nnU-Net, unused by noNorm
     plans = {**plans, "configurations": {name: config}, "transpose_forward": transpose,
@@ -342,12 +348,12 @@ def test_predicted_world_points_are_the_raw_voxels_the_dots_were_drawn_at(env, t
     assert predict_input_cases(predictor, cases, tmp_path / "out", progress=False) == ["dots"]
 
     found = _world_points(tmp_path / "out" / "dots.json")
-    assert sorted(found) == [(1, k + 1) for k in range(len(setup["dots"]))]
+    assert sorted(found) == sorted((_dot_structure(k), k + 1) for k in range(len(setup["dots"])))
     for k, dot in enumerate(setup["dots"]):
         truth = np.array(image.TransformContinuousIndexToPhysicalPoint(dot))
-        at = np.array(image.TransformPhysicalPointToContinuousIndex(tuple(found[(1, k + 1)])))
+        at = np.array(image.TransformPhysicalPointToContinuousIndex(tuple(found[(_dot_structure(k), k + 1)])))
         assert np.max(np.abs(at - dot)) < TOL_RAW_VOXELS, (name, k, at, dot)
-        assert np.linalg.norm(found[(1, k + 1)] - truth) < TOL_RAW_VOXELS * max(setup["spacing"])
+        assert np.linalg.norm(found[(_dot_structure(k), k + 1)] - truth) < TOL_RAW_VOXELS * max(setup["spacing"])
 
     # the segmentation (label 1 on dot 0) comes back on the raw grid, around dot 0's voxel
     seg = sitk.ReadImage(str(tmp_path / "out" / "dots.nii.gz"))
@@ -571,3 +577,25 @@ def test_cuda_without_a_gpu_is_a_clear_error(env, tmp_path: Path, capsys) -> Non
     args = [a for a in ARGS if a not in ("-device", "cpu")]
     assert main(["-i", str(env["images_ts"]), "-o", str(tmp_path / "out"), *args]) == 2
     assert "pass -device cpu" in _err(capsys)
+
+
+def test_without_labels_the_model_finds_the_structures_itself(env, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnU-Net's preprocessor returns its nonzero mask (0 / -1) as the 'segmentation' of a case without a
+    label file; taken for provided labels it hid every structure (structure mode found no point, whole-image
+    channels lost their bounds). Without --labels, predict_case must be left to segment the case itself."""
+    setup = DOT_CASES[sorted(DOT_CASES)[0]]
+    manager, config, dataset_json = _dot_model(env, setup)
+    network = _DotsAreHeatmaps()
+    predictor = PoiPredictor(device=torch.device("cpu"), use_mirroring=False, allow_tqdm=False, min_confidence=0.0)
+    predictor.manual_initialization(network, manager, config, [network.state_dict()], dataset_json,
+                                    "PoiHeatmapTrainer", tuple(range(len(config.patch_size))))
+    given = []
+    original = predictor.predict_case
+    monkeypatch.setattr(predictor, "predict_case",
+                        lambda data, space, segmentation=None: given.append(segmentation) or original(data, space,
+                                                                                                   segmentation))
+    _write_dot_case(setup, tmp_path / "in", "dots")
+    cases = list_input_cases(tmp_path / "in", ".nii.gz", len(setup["dots"]))
+    predict_input_cases(predictor, cases, tmp_path / "out", progress=False)
+    assert given == [None]

@@ -81,7 +81,10 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
                                                       predictor.configuration_manager, predictor.dataset_json)
         space = PreprocessedSpace.from_nnunet_properties(properties, predictor.plans_manager.transpose_forward,
                                                          data.shape[1:], raw=ImageGeometry.from_file(case.files[0]))
-        prediction = predictor.predict_case(data, space, segmentation=None if seg is None else np.asarray(seg[0]))
+        # nnU-Net's preprocessor always returns a 'segmentation': without a label file it is its nonzero
+        # mask (0 / -1), which must not be taken for the structures' labels
+        provided = np.asarray(seg[0]) if label_file is not None else None
+        prediction = predictor.predict_case(data, space, segmentation=provided)
         export_case(predictor, prediction, space, properties, out_dir, case.case)
         report_dropped(case.case, prediction, space)
         done.append(case.case)
