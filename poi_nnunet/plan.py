@@ -47,6 +47,9 @@ class PoiPlan:
     * ``elastic_magnitude_voxels`` / ``elastic_scale``: ranges of the elastic deformation of methods
       that use it (maximum displacement in voxels; smoothness as a fraction of the patch edge).
     * ``poi_channels``: the output channel list, ``{"structure", "poi", "name"}`` each.
+    * ``separation_sigmas``: how close two POIs of one structure come (the block's ``poi_separation_mm``,
+      a 5th percentile) in heatmap sigmas; two channels' peaks closer than half of it cannot both be
+      right (:meth:`same_peak_sigmas`).
     """
 
     crop_mode: str
@@ -58,10 +61,17 @@ class PoiPlan:
     elastic_magnitude_voxels: Tuple[float, float]
     elastic_scale: Tuple[float, float]
     poi_channels: Tuple[Mapping[str, Any], ...]
+    separation_sigmas: float = float("inf")
 
     @property
     def num_channels(self) -> int:
         return len(self.poi_channels)
+
+    def same_peak_sigmas(self, most: float) -> float:
+        """Within how many sigmas peaks of two channels are one peak: ``most``, but never more than half
+        the POI separation (dense contour landmarks lie closer than a sigma apart, and their channels'
+        distinct peaks must not be merged into one)."""
+        return float(min(most, 0.5 * self.separation_sigmas))
 
     @property
     def structure_mode(self) -> bool:
@@ -87,6 +97,8 @@ class PoiPlan:
                 elastic_magnitude_voxels=_pair(block.get("elastic_magnitude_voxels", DEFAULT_ELASTIC_MAGNITUDE_VOXELS)),
                 elastic_scale=_pair(block.get("elastic_scale", DEFAULT_ELASTIC_SCALE)),
                 poi_channels=tuple(dict(c) for c in block["poi_channels"]),
+                separation_sigmas=float(block.get("poi_separation_mm", float("inf")))
+                / float(block["heatmap_sigma_mm"]),  # unknown separation: no limit
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "

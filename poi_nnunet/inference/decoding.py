@@ -58,7 +58,7 @@ from ..geometry import CropBox, PreprocessedSpace, pad_axes, pad_to_3d
 from ..heatmaps import fit_heatmap_peaks
 from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
-from .peak_assignment import NONE, Candidates, assign_peaks, find_candidates
+from .peak_assignment import NONE, SAME_PEAK_SIGMAS, Candidates, assign_peaks, find_candidates
 
 MIN_CONFIDENCE = 0.1
 MIN_STRUCTURE_VOXELS = 4
@@ -204,7 +204,7 @@ def _spatial_box(box: CropBox, one_slice: bool) -> CropBox:
 
 def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Optional[Sequence[float]],
                     groups: Sequence[np.ndarray], boxes: Optional[Sequence[Optional[CropBox]]] = None,
-                    own_alternatives: bool = True) -> ChannelPeaks:
+                    own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> ChannelPeaks:
     """Peaks of ``(C, z, y, x)`` heatmaps with channels of each of ``groups`` assigned to distinct peaks.
 
     ``boxes``: per channel, the box (3 axes, inside the array) its peak must lie in, None for the whole
@@ -235,7 +235,8 @@ def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Opti
         empty = np.zeros(0)
         return ChannelPeaks(np.zeros((0, 3)), empty, empty, empty.astype(bool), empty.astype(bool))
     cands = Candidates.concatenate(parts)
-    chosen, factor = assign_peaks(cands, groups, sigma[1:] if one_slice else sigma, own_alternatives)
+    chosen, factor = assign_peaks(cands, groups, sigma[1:] if one_slice else sigma, own_alternatives,
+                                  same_peak_sigmas)
     slot = np.maximum(chosen, 0)  # a channel whose peaks were all taken keeps its best, with factor 0
     rows = np.arange(n)
     has_peak = cands.valid[:, 0]
@@ -253,7 +254,8 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
                        min_confidence: float = MIN_CONFIDENCE, segmentation: Optional[np.ndarray] = None,
                        sigma_voxels: Optional[Sequence[float]] = None,
                        support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
-                       min_structure_voxels: int = MIN_STRUCTURE_VOXELS) -> DecodedPoints:
+                       min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
+                       same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
     """One point per channel: channel ``c`` is the pair ``layout.channel_keys[c]``; with a ``segmentation``
     (and ``sigma_voxels``), a structure's channels look for their peaks inside its grown box (see the
     module docstring)."""
@@ -271,7 +273,8 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
         boxes = [found.get(int(s)) for s in keys[:, 0]]
         unbounded = [(int(s), int(p)) for s, p in keys if s != 0 and int(s) not in found]
     groups = [np.nonzero(keys[:, 0] == s)[0] for s in np.unique(keys[:, 0])]
-    peaks = decode_channels(heatmaps, amplitude, sigma_voxels, groups, boxes, own_alternatives=True)
+    peaks = decode_channels(heatmaps, amplitude, sigma_voxels, groups, boxes, own_alternatives=True,
+                            same_peak_sigmas=same_peak_sigmas)
     points = peaks.points(keys[:, 0], keys[:, 1], min_confidence)
     points.unbounded = unbounded
     return points
@@ -308,7 +311,8 @@ def structure_boxes(segmentation: np.ndarray, labels: Sequence[int], margin: Seq
 def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: ChannelLayout,
                       sigma_voxels: Sequence[float], amplitude: float, min_confidence: float = MIN_CONFIDENCE,
                       min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
-                      support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
+                      support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
+                      same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
     """Every channel decoded inside each predicted structure's grown box (see the module docstring)."""
     _check_channels(heatmaps, layout)
     _check_segmentation(segmentation, heatmaps)
@@ -319,7 +323,7 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
                             min_structure_voxels)
     for label, box in boxes:
         peaks = decode_channels(heatmaps[(slice(None), *box.slices)], amplitude, sigma_voxels, everyone,
-                                own_alternatives=False)
+                                own_alternatives=False, same_peak_sigmas=same_peak_sigmas)
         peaks.positions = box.from_crop(peaks.positions)
         parts.append(peaks.points(np.full(len(pois), label), pois, min_confidence))
     present = {label for label, _ in boxes}
@@ -333,17 +337,18 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
 def decode_points(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: float,
                   segmentation: Optional[np.ndarray] = None, sigma_voxels: Optional[Sequence[float]] = None,
                   min_confidence: float = MIN_CONFIDENCE,
-                  support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS) -> DecodedPoints:
+                  support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
+                  same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
     """Decode by the layout's mode; structure mode needs the preprocessed segmentation and sigma, whole-image
     mode bounds a structure's channels to it where a segmentation (with sigma) is given."""
     if layout.mode == WHOLE_IMAGE:
         return decode_whole_image(heatmaps, layout, amplitude, min_confidence, segmentation, sigma_voxels,
-                                  support_sigmas)
+                                  support_sigmas, same_peak_sigmas=same_peak_sigmas)
     if layout.mode == STRUCTURE_MODE:
         if segmentation is None or sigma_voxels is None:
             raise ValueError("structure mode decodes inside predicted structures: pass segmentation and sigma_voxels")
         return decode_structures(heatmaps, segmentation, layout, sigma_voxels, amplitude, min_confidence,
-                                 support_sigmas=support_sigmas)
+                                 support_sigmas=support_sigmas, same_peak_sigmas=same_peak_sigmas)
     raise ValueError(f"unknown crop mode {layout.mode!r}")
 
 

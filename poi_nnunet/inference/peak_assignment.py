@@ -19,8 +19,9 @@ Rules:
   a chosen one is fitted, alike (:func:`~poi_nnunet.heatmaps.fit_peaks_at`: same background, same
   window, without the window voxels nearer to another candidate of the channel).
 * **Joint assignment** (:func:`assign_peaks`): among the channels of one competition group,
-  candidates of different channels at most :data:`SAME_PEAK_SIGMAS` sigma apart (distances in
-  sigmas per axis) are one peak (greedily from the highest candidate, one per channel and peak).
+  candidates of different channels at most ``same_peak_sigmas`` apart (distances in sigmas per
+  axis; :data:`SAME_PEAK_SIGMAS` at most, less where the dataset's POIs lie closer than two
+  sigmas, see :meth:`~poi_nnunet.plan.PoiPlan.same_peak_sigmas`) are one peak (greedily from the highest candidate, one per channel and peak).
   Channels linked through such shared peaks are assigned to distinct peaks (or to none) so that
   the sum of their scores (voxel value above the channel's background) is largest
   (``scipy.optimize.linear_sum_assignment``; every real peak is preferred over none). Where the
@@ -258,9 +259,10 @@ def _solve(cost: np.ndarray) -> Tuple[np.ndarray, float]:
     return column, float(full[r, c].sum())
 
 
-def _clusters(channel: np.ndarray, score: np.ndarray, distance: np.ndarray) -> np.ndarray:
+def _clusters(channel: np.ndarray, score: np.ndarray, distance: np.ndarray,
+              same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> np.ndarray:
     """Peak id of each candidate: greedily from the highest, a candidate joins the nearest peak whose first
-    (highest) candidate is at most :data:`SAME_PEAK_SIGMAS` away and that has none of its channel yet."""
+    (highest) candidate is at most ``same_peak_sigmas`` away and that has none of its channel yet."""
     n = len(score)
     order = np.lexsort((np.arange(n), -score))
     peak = np.full(n, -1)
@@ -270,7 +272,7 @@ def _clusters(channel: np.ndarray, score: np.ndarray, distance: np.ndarray) -> n
     for e in order:
         d = np.where(taken[:count, channel[e]], np.inf, distance[e, heads[:count]])
         j = int(np.argmin(d)) if count else -1
-        if j < 0 or d[j] > SAME_PEAK_SIGMAS:
+        if j < 0 or d[j] > same_peak_sigmas:
             j, heads[count] = count, e
             count += 1
         taken[j, channel[e]] = True
@@ -313,13 +315,14 @@ def _short_move_margins(cost: np.ndarray, column: np.ndarray, s: np.ndarray, own
 
 
 def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k: np.ndarray,
-               scaled: np.ndarray, own_alternatives: bool) -> Tuple[np.ndarray, np.ndarray]:
+               scaled: np.ndarray, own_alternatives: bool,
+               same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray]:
     """Chosen slot and confidence factor of each of ``channels`` (linked by shared peaks); ``ent_c``,
     ``ent_k``: their candidates, at positions ``scaled`` (in sigmas)."""
     local = np.searchsorted(channels, ent_c)
     scores = cands.scores[ent_c, ent_k]
     distance = np.sqrt(((scaled[:, None] - scaled[None]) ** 2).sum(-1))
-    peak = _clusters(local, scores, distance)
+    peak = _clusters(local, scores, distance, same_peak_sigmas)
     n, m = len(channels), int(peak.max()) + 1
     slot = np.full((n, m), NONE)
     slot[local, peak] = ent_k
@@ -349,12 +352,14 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
 
 
 def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequence[float],
-                 own_alternatives: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                 own_alternatives: bool = True,
+                 same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray]:
     """Slot chosen for each channel (``NONE``: its peaks were all taken) and its confidence factor.
 
     ``groups``: channel indices that compete (each channel in at most one group; channels in none
     keep slot 0 with factor 1). ``sigma`` per axis of the positions; ``own_alternatives``: whether a
-    channel's own other candidates count as alternatives (see the module docstring).
+    channel's own other candidates count as alternatives (see the module docstring);
+    ``same_peak_sigmas``: how close (in sigmas) candidates of two channels must be to be one peak.
     """
     c_all = cands.num_channels
     chosen = np.zeros(c_all, dtype=int)
@@ -368,7 +373,7 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
         ent_c, ent_k = np.nonzero(cands.valid[group])
         ent_c = group[ent_c]
         scaled = cands.positions[ent_c, ent_k] / sigma
-        pairs = cKDTree(scaled).query_pairs(SAME_PEAK_SIGMAS, output_type="ndarray")
+        pairs = cKDTree(scaled).query_pairs(same_peak_sigmas, output_type="ndarray")
         pairs = pairs[ent_c[pairs[:, 0]] != ent_c[pairs[:, 1]]]
         local = np.searchsorted(group, ent_c)
         graph = coo_matrix((np.ones(len(pairs)), (local[pairs[:, 0]], local[pairs[:, 1]])),
@@ -385,5 +390,5 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
             members = group[label == comp]
             keep = label[local] == comp
             chosen[members], factor[members] = _component(cands, members, ent_c[keep], ent_k[keep], scaled[keep],
-                                                          own_alternatives)
+                                                          own_alternatives, same_peak_sigmas)
     return chosen, factor

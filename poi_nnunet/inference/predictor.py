@@ -42,6 +42,7 @@ from ..errors import PoiNnunetError
 from ..geometry import PreprocessedSpace
 from ..plan import STRUCTURE_MODE, PoiPlan
 from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points
+from .peak_assignment import SAME_PEAK_SIGMAS
 
 
 class _FullWidth:
@@ -246,7 +247,8 @@ class PoiPredictor(nnUNetPredictor):
         plan = self.poi_plan
         points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation,
                                sigma_voxels=plan.heatmap_sigma_voxels, min_confidence=self.min_confidence,
-                               support_sigmas=plan.peak_support_sigmas)
+                               support_sigmas=plan.peak_support_sigmas,
+                               same_peak_sigmas=plan.same_peak_sigmas(SAME_PEAK_SIGMAS))
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
 
     def network_input_channels(self) -> Optional[int]:
