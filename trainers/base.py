@@ -211,8 +211,8 @@ class PoiTrainer(nnUNetTrainer):
         none = {"swap_axes": (), "slot_permutation": None, "label_swaps": (), "layer_permutation": None}
         if not pairs and not structures or not mirror_axes:
             return mirror_axes, none
-        offset = 3 - len(self.configuration_manager.patch_size)
-        lr_axes = {p.space.left_right_axis() - offset for p in points.values()}
+        n_axes = len(self.configuration_manager.patch_size)
+        lr_axes = {p.space.left_right_patch_axis(n_axes) for p in points.values()}
         if len(lr_axes) > 1:
             kept = tuple(a for a in mirror_axes if a not in lr_axes)
             self.print_to_log_file(f"left-right axis differs between cases ({sorted(lr_axes)}): mirroring only "

@@ -150,3 +150,9 @@ class PreprocessedSpace:
         index_axis = int(np.argmax(np.abs(self.raw.direction[0, :])))  # ITK index axis along world x
         nnunet_axis = 2 - index_axis  # nnU-Net's 3-axis array is ([z,] y, x), a 2D image (1, y, x)
         return list(self.transpose_forward).index(nnunet_axis)
+
+    def left_right_patch_axis(self, n_patch_axes: int) -> int:
+        """:meth:`left_right_axis` among a configuration's ``n_patch_axes`` patch axes (the last ones of
+        the array), or -1 where it is not one of them (a 2d configuration's slice axis: never flipped)."""
+        axis = self.left_right_axis() - (3 - int(n_patch_axes))
+        return axis if axis >= 0 else -1

@@ -172,8 +172,7 @@ class PoiPredictor(nnUNetPredictor):
         if space is None:
             self.left_right_axis = None
             return
-        axis = space.left_right_axis() - (3 - len(self.configuration_manager.patch_size))
-        self.left_right_axis = axis if axis >= 0 else -1  # -1: a 2d network never flips left-right
+        self.left_right_axis = space.left_right_patch_axis(len(self.configuration_manager.patch_size))
 
     @torch.inference_mode()
     def _internal_maybe_mirror_and_predict(self, x: torch.Tensor) -> torch.Tensor:
