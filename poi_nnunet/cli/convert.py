@@ -22,6 +22,7 @@ CONVERTERS = {
     "verse": "dataset_conversion.verse_centroids",
     "synthetic-spine": "dataset_conversion.synthetic_spine",
     "synthetic-xray": "dataset_conversion.synthetic_xray",
+    "synthetic-polygons": "dataset_conversion.synthetic_polygons",
 }
 
 
