@@ -8,17 +8,18 @@ of them for a ``2d`` configuration (the same axes as its ``patch_size`` and
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from nnunetv2.configuration import ANISO_THRESHOLD
 
 from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
+from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 
 from .cleaning import MIN_VOXEL_DIAGONALS
 
-POI_BLOCK_VERSION = 2
+POI_BLOCK_VERSION = 3  # 3: shape_prior
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
 CROP_PERCENTILE = 95
@@ -141,6 +142,67 @@ def poi_channels(summary: Dict[str, Any], mode: str, names: Dict[str, str]) -> L
     return [{"structure": s, "poi": p, "name": names.get(str(p), str(p))} for s, p in pairs]
 
 
+def _case_shapes(fingerprint: Dict[str, Any], keys: Sequence[Tuple[int, int]], axes: Sequence[int],
+                 flagged: set) -> np.ndarray:
+    """``(cases, len(keys), D)`` grid mm, in configuration axes, of the ``(structure, poi)`` ``keys``
+    (NaN where a case lacks one or the cleaning flagged it)."""
+    where = {k: i for i, k in enumerate(keys)}
+    cases = fingerprint["cases"]
+    out = np.full((len(cases), len(keys), len(axes)), np.nan)
+    for n, case in enumerate(cases):
+        for p in case["points"]:
+            i = where.get((int(p["structure"]), int(p["poi"])))
+            if i is not None and (case["case"], p["structure"], p["poi"]) not in flagged:
+                out[n, i] = np.asarray(p["grid_mm"], dtype=np.float64)[list(axes)]
+    return out
+
+
+def shape_groups(fingerprint: Dict[str, Any], mode: str,
+                 channels: Sequence[Dict[str, Any]]) -> List[Tuple[Optional[int], List[int], List[Tuple[int, int]]]]:
+    """``(structure, channel indices, (structure, poi) keys)`` of each structure group of the shape prior.
+
+    Whole-image mode: one group of every channel (the whole image's configuration, ``structure`` None).
+    Structure mode: one group per structure label, of the POI ids that structure carries in any case.
+    """
+    if mode != STRUCTURE_MODE:
+        return [(None, list(range(len(channels))), [(int(c["structure"]), int(c["poi"])) for c in channels])]
+    index = {int(c["poi"]): i for i, c in enumerate(channels)}
+    carried: Dict[int, set] = {}
+    for case in fingerprint["cases"]:
+        for p in case["points"]:
+            if int(p["poi"]) in index:
+                carried.setdefault(int(p["structure"]), set()).add(int(p["poi"]))
+    return [(label, [index[p] for p in sorted(pois)], [(label, p) for p in sorted(pois)])
+            for label, pois in sorted(carried.items())]
+
+
+def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
+                spacing: Sequence[float], sigma_mm: float, flagged: set) -> Optional[ShapePrior]:
+    """Procrustes mean shape and per-POI spread of each structure group (:func:`shape_groups`; the maths
+    in :mod:`poi_nnunet.shape_prior`), in the configuration's axes.
+
+    A spread is at least the heatmap sigma (a rigid phantom would otherwise give 0 and make any decoding
+    noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them; None where
+    no group qualifies.
+    """
+    dim = len(axes)
+    groups: List[ShapeGroup] = []
+    for structure, members, keys in shape_groups(fingerprint, mode, channels):
+        shapes = _case_shapes(fingerprint, keys, axes, flagged)
+        usable = np.isfinite(shapes).all(-1).sum(1) >= dim + 1
+        if len(members) < dim + 1 or usable.sum() < 2:
+            continue
+        mean, spread, count = procrustes_mean(shapes[usable])
+        keep = count > 0
+        if keep.sum() < dim + 1:
+            continue
+        groups.append(ShapeGroup(structure, tuple(int(m) for m in np.asarray(members)[keep]),
+                                 tuple(tuple(float(v) for v in row) for row in mean[keep]),
+                                 tuple(float(max(v, sigma_mm)) for v in spread[keep]),
+                                 tuple(float(v) for v in spacing)))
+    return ShapePrior(tuple(float(v) for v in spacing), tuple(groups)) if groups else None
+
+
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
               thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str]) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
@@ -160,6 +222,9 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     * ``elastic_magnitude_voxels`` / ``elastic_scale``: elastic deformation ranges for methods that
       deform (see :func:`elastic_magnitude_voxels`).
     * ``poi_channels``: output channel order, ``{"structure": int or None, "poi": int, "name": str}``.
+    * ``shape_prior``: per structure group, the channels, the Procrustes mean shape (mm) and per-POI
+      spread of the training POIs (:func:`shape_prior`), with the configuration's ``spacing_mm``;
+      absent where no group has enough POIs and cases.
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
     """
@@ -175,7 +240,9 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     coarse = coarse_spacing(crop, spacing, patch)
     div = divisors(configuration["architecture"]["arch_kwargs"]["strides"], len(spacing))
     fraction = summary["poi_bearing_fraction"]
-    return {
+    channels = poi_channels(summary, mode, names)
+    prior = shape_prior(fingerprint, mode, channels, axes, spacing, sigma, flagged_set)
+    block = {
         "version": POI_BLOCK_VERSION,
         "axes": "nnU-Net's transposed array axes, as patch_size and spacing",
         "crop_mode": mode,
@@ -190,11 +257,14 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         "elastic_magnitude_voxels": elastic_magnitude_voxels(crop, spacing, patch),
         "elastic_scale": list(ELASTIC_SCALE),
         "poi_bearing_fraction": None if fraction is None else round(fraction["p50"], 4),
-        "poi_channels": poi_channels(summary, mode, names),
+        "poi_channels": channels,
         "cleaning": {"max_surface_distance_mm": {k: round(v, 3) for k, v in thresholds.items()},
                      "min_voxel_diagonals": MIN_VOXEL_DIAGONALS, "num_flagged": len(flagged),
                      "report": "poi_cleaning.json"},
     }
+    if prior is not None:
+        block["shape_prior"] = prior.to_block()
+    return block
 
 
 def _r(v: np.ndarray) -> List[float]:

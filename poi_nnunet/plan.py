@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
 from .errors import PoiNnunetError
+from .shape_prior import ShapePrior
 
 # Crop modes, defined here once (the planner, the loaders and the predictor import them).
 STRUCTURE_MODE = "structure_with_neighbours"
@@ -50,6 +51,9 @@ class PoiPlan:
     * ``separation_sigmas``: how close two POIs of one structure come (the block's ``poi_separation_mm``,
       a 5th percentile) in heatmap sigmas; two channels' peaks closer than half of it cannot both be
       right (:meth:`same_peak_sigmas`).
+    * ``shape_prior``: the training POIs' Procrustes mean shape and spread per structure group, which
+      decides ambiguous peak assignments (:mod:`poi_nnunet.shape_prior`); None for plans made before
+      it was planned (decoding then goes by the heatmaps alone).
     """
 
     crop_mode: str
@@ -62,6 +66,7 @@ class PoiPlan:
     elastic_scale: Tuple[float, float]
     poi_channels: Tuple[Mapping[str, Any], ...]
     separation_sigmas: float = float("inf")
+    shape_prior: Optional[ShapePrior] = None
 
     @property
     def num_channels(self) -> int:
@@ -99,6 +104,7 @@ class PoiPlan:
                 poi_channels=tuple(dict(c) for c in block["poi_channels"]),
                 separation_sigmas=float(block.get("poi_separation_mm", float("inf")))
                 / float(block["heatmap_sigma_mm"]),  # unknown separation: no limit
+                shape_prior=ShapePrior.from_block(block.get("shape_prior")),
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "

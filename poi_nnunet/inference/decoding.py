@@ -26,7 +26,9 @@ Rules (documented here because the evaluator counts what is left out as missing)
   assigned jointly to distinct peaks, confidence lowered by ambiguity): in whole-image mode the
   channels of one structure (structure 0, "no structure", is one group), in structure mode all
   channels inside one structure's box. Without a conflict a channel decodes exactly as the
-  argmax fit alone; see that module for the rules.
+  argmax fit alone; see that module for the rules. Where a conflict stays ambiguous, the plans'
+  shape prior (``shape_prior``: whole-image mode its one group, structure mode the structure's
+  group) decides (:mod:`.prior_assignment`).
 * Nothing is dropped silently: :attr:`DecodedPoints.dropped` lists every ``(structure, poi)`` that
   is not written and why (see the reason constants: ``below_min_confidence`` (the fitted height),
   ``ambiguous`` (the height is enough, the ambiguity factor brings it below the minimum),
@@ -58,6 +60,7 @@ from ..geometry import CropBox, PreprocessedSpace, pad_axes, pad_to_3d
 from ..heatmaps import fit_heatmap_peaks
 from ..plan import DEFAULT_PEAK_SUPPORT_SIGMAS, STRUCTURE_MODE, WHOLE_IMAGE
 from ..pois import PoiSet
+from ..shape_prior import ShapeGroup, ShapePrior
 from .peak_assignment import NONE, SAME_PEAK_SIGMAS, Candidates, assign_peaks, find_candidates
 
 MIN_CONFIDENCE = 0.1
@@ -204,7 +207,8 @@ def _spatial_box(box: CropBox, one_slice: bool) -> CropBox:
 
 def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Optional[Sequence[float]],
                     groups: Sequence[np.ndarray], boxes: Optional[Sequence[Optional[CropBox]]] = None,
-                    own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> ChannelPeaks:
+                    own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS,
+                    prior: Optional[ShapeGroup] = None) -> ChannelPeaks:
     """Peaks of ``(C, z, y, x)`` heatmaps with channels of each of ``groups`` assigned to distinct peaks.
 
     ``boxes``: per channel, the box (3 axes, inside the array) its peak must lie in, None for the whole
@@ -236,7 +240,7 @@ def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Opti
         return ChannelPeaks(np.zeros((0, 3)), empty, empty, empty.astype(bool), empty.astype(bool))
     cands = Candidates.concatenate(parts)
     chosen, factor = assign_peaks(cands, groups, sigma[1:] if one_slice else sigma, own_alternatives,
-                                  same_peak_sigmas)
+                                  same_peak_sigmas, prior)
     slot = np.maximum(chosen, 0)  # a channel whose peaks were all taken keeps its best, with factor 0
     rows = np.arange(n)
     has_peak = cands.valid[:, 0]
@@ -255,7 +259,8 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
                        sigma_voxels: Optional[Sequence[float]] = None,
                        support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
                        min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
-                       same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
+                       same_peak_sigmas: float = SAME_PEAK_SIGMAS,
+                       shape_prior: Optional[ShapePrior] = None) -> DecodedPoints:
     """One point per channel: channel ``c`` is the pair ``layout.channel_keys[c]``; with a ``segmentation``
     (and ``sigma_voxels``), a structure's channels look for their peaks inside its grown box (see the
     module docstring)."""
@@ -274,7 +279,8 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
         unbounded = [(int(s), int(p)) for s, p in keys if s != 0 and int(s) not in found]
     groups = [np.nonzero(keys[:, 0] == s)[0] for s in np.unique(keys[:, 0])]
     peaks = decode_channels(heatmaps, amplitude, sigma_voxels, groups, boxes, own_alternatives=True,
-                            same_peak_sigmas=same_peak_sigmas)
+                            same_peak_sigmas=same_peak_sigmas,
+                            prior=None if shape_prior is None else shape_prior.group_for(None))
     points = peaks.points(keys[:, 0], keys[:, 1], min_confidence)
     points.unbounded = unbounded
     return points
@@ -312,7 +318,8 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
                       sigma_voxels: Sequence[float], amplitude: float, min_confidence: float = MIN_CONFIDENCE,
                       min_structure_voxels: int = MIN_STRUCTURE_VOXELS,
                       support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
-                      same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
+                      same_peak_sigmas: float = SAME_PEAK_SIGMAS,
+                      shape_prior: Optional[ShapePrior] = None) -> DecodedPoints:
     """Every channel decoded inside each predicted structure's grown box (see the module docstring)."""
     _check_channels(heatmaps, layout)
     _check_segmentation(segmentation, heatmaps)
@@ -323,7 +330,8 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
                             min_structure_voxels)
     for label, box in boxes:
         peaks = decode_channels(heatmaps[(slice(None), *box.slices)], amplitude, sigma_voxels, everyone,
-                                own_alternatives=False, same_peak_sigmas=same_peak_sigmas)
+                                own_alternatives=False, same_peak_sigmas=same_peak_sigmas,
+                                prior=None if shape_prior is None else shape_prior.group_for(label))
         peaks.positions = box.from_crop(peaks.positions)
         parts.append(peaks.points(np.full(len(pois), label), pois, min_confidence))
     present = {label for label, _ in boxes}
@@ -338,17 +346,19 @@ def decode_points(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude: floa
                   segmentation: Optional[np.ndarray] = None, sigma_voxels: Optional[Sequence[float]] = None,
                   min_confidence: float = MIN_CONFIDENCE,
                   support_sigmas: float = DEFAULT_PEAK_SUPPORT_SIGMAS,
-                  same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> DecodedPoints:
+                  same_peak_sigmas: float = SAME_PEAK_SIGMAS,
+                  shape_prior: Optional[ShapePrior] = None) -> DecodedPoints:
     """Decode by the layout's mode; structure mode needs the preprocessed segmentation and sigma, whole-image
     mode bounds a structure's channels to it where a segmentation (with sigma) is given."""
     if layout.mode == WHOLE_IMAGE:
         return decode_whole_image(heatmaps, layout, amplitude, min_confidence, segmentation, sigma_voxels,
-                                  support_sigmas, same_peak_sigmas=same_peak_sigmas)
+                                  support_sigmas, same_peak_sigmas=same_peak_sigmas, shape_prior=shape_prior)
     if layout.mode == STRUCTURE_MODE:
         if segmentation is None or sigma_voxels is None:
             raise ValueError("structure mode decodes inside predicted structures: pass segmentation and sigma_voxels")
         return decode_structures(heatmaps, segmentation, layout, sigma_voxels, amplitude, min_confidence,
-                                 support_sigmas=support_sigmas, same_peak_sigmas=same_peak_sigmas)
+                                 support_sigmas=support_sigmas, same_peak_sigmas=same_peak_sigmas,
+                                 shape_prior=shape_prior)
     raise ValueError(f"unknown crop mode {layout.mode!r}")
 
 

@@ -39,6 +39,11 @@ Rules:
   the other channels' claims; in structure mode a channel's other peaks inside a structure's box
   are the neighbouring structures' peaks of the same POI (every structure in view is drawn in
   every channel), so only the other channels' claims count there.
+* **Shape prior**: where a conflicted component stays ambiguous (some factor below 1) and the plans
+  have a shape prior for the channels' structure group, :mod:`.prior_assignment` re-decides it by
+  heatmap score plus the prior's log-likelihood of the resulting configuration (anchored on the
+  group's unambiguous channels), and the factor becomes the margin in that combined score. Without a
+  prior, without enough anchors, or without a conflict, nothing changes.
 * Components of more than :data:`EXACT_MARGIN_CHANNELS` channels take each margin from the moves
   of at most two channels (:func:`_short_move_margins`) instead of a full re-assignment per channel.
 """
@@ -57,6 +62,8 @@ from scipy.spatial import cKDTree
 
 from ..geometry import CropBox
 from ..heatmaps import PeakFit, fit_peaks_at, rough_peak_centres
+from ..shape_prior import ShapeGroup
+from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, decide_with_prior
 
 CANDIDATES_PER_CHANNEL = 4
 CANDIDATE_FRACTION = 0.25
@@ -65,7 +72,6 @@ SAME_PEAK_SIGMAS = 1.0
 AMBIGUOUS_RATIO = 0.5
 EXACT_MARGIN_CHANNELS = 16
 DENSE_MAXIMA_FRACTION = 0.05  # above this share of voxels over the threshold, test local maxima densely
-NONE = -1  # assignment: no distinct peak left for the channel
 _FORBIDDEN = 1e12
 
 
@@ -314,11 +320,24 @@ def _short_move_margins(cost: np.ndarray, column: np.ndarray, s: np.ndarray, own
     return margin
 
 
+@dataclass
+class _Ambiguous:
+    """A component whose heatmap assignment was ambiguous (a factor below 1 after a conflict), for the
+    shape prior: ``slot`` ``(n, m)`` the candidate slot of member ``i`` at peak ``j`` (``NONE``: none),
+    ``score`` ``(n, m)`` its heatmap score (``-inf``: none), ``column`` ``(n,)`` the heatmap solution."""
+
+    members: np.ndarray
+    slot: np.ndarray
+    score: np.ndarray
+    column: np.ndarray
+
+
 def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k: np.ndarray,
                scaled: np.ndarray, own_alternatives: bool,
-               same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray]:
-    """Chosen slot and confidence factor of each of ``channels`` (linked by shared peaks); ``ent_c``,
-    ``ent_k``: their candidates, at positions ``scaled`` (in sigmas)."""
+               same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray, Optional[_Ambiguous]]:
+    """Chosen slot and confidence factor of each of ``channels`` (linked by shared peaks), and the component
+    for the shape prior where a conflict left it ambiguous; ``ent_c``, ``ent_k``: their candidates, at
+    positions ``scaled`` (in sigmas)."""
     local = np.searchsorted(channels, ent_c)
     scores = cands.scores[ent_c, ent_k]
     distance = np.sqrt(((scaled[:, None] - scaled[None]) ** 2).sum(-1))
@@ -330,7 +349,8 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
     cost[local, peak] = -scores
     best_peak = np.full(n, NONE)
     best_peak[local[ent_k == 0]] = peak[ent_k == 0]
-    if len(set(best_peak.tolist())) == n:  # no conflict: every channel keeps its best, as before
+    conflict = len(set(best_peak.tolist())) < n
+    if not conflict:  # every channel keeps its best, as before
         column, total = best_peak, float(cost[np.arange(n), best_peak].sum())
     else:
         column, total = _solve(cost)
@@ -348,23 +368,55 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
             margin[i] = _solve(without)[1] - total
     else:
         margin = _short_move_margins(cost, column, s, own_alternatives)
-    return chosen, np.where(got, _factor(margin, s), 0.0)
+    factor = np.where(got, _factor(margin, s), 0.0)
+    ambiguous = None
+    if conflict and (factor < 1.0).any():
+        ambiguous = _Ambiguous(channels, slot, np.where(cost < _FORBIDDEN, -cost, -np.inf), column)
+    return chosen, factor, ambiguous
+
+
+def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Ambiguous],
+                       chosen: np.ndarray, factor: np.ndarray) -> None:
+    """Re-decide each ambiguous component with the shape prior (:mod:`.prior_assignment`), in place;
+    anchors are the prior's channels placed with factor at least ``ANCHOR_MIN_FACTOR`` outside them."""
+    spacing = np.asarray(prior.spacing_mm, dtype=np.float64)
+    if cands.positions.shape[-1] != len(spacing):
+        return  # e.g. a 2d configuration decoding a volume: the prior has the in-plane axes only
+    undecided = np.zeros(cands.num_channels, dtype=bool)
+    for a in ambiguous:
+        undecided[a.members] = True
+    channels = np.array([c for c in prior.channels if c < cands.num_channels], dtype=int)
+    anchor = cands.valid[channels, 0] & (chosen[channels] != NONE) & (factor[channels] >= ANCHOR_MIN_FACTOR)
+    anchor &= ~undecided[channels]
+    anchors = np.full((len(prior.channels), len(spacing)), np.nan)
+    where = prior.index(channels[anchor])
+    anchors[where] = cands.positions[channels[anchor], chosen[channels[anchor]]] * spacing
+    for a in ambiguous:
+        positions = cands.positions[a.members[:, None], np.maximum(a.slot, 0)] * spacing
+        decided = decide_with_prior(prior, a.members, a.score, positions, a.column, anchors, AMBIGUOUS_RATIO)
+        if decided is None:
+            continue
+        column, factor[a.members] = decided
+        chosen[a.members] = np.where(column == NONE, NONE, a.slot[np.arange(len(column)), np.maximum(column, 0)])
 
 
 def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequence[float],
-                 own_alternatives: bool = True,
-                 same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray]:
+                 own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS,
+                 prior: Optional[ShapeGroup] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Slot chosen for each channel (``NONE``: its peaks were all taken) and its confidence factor.
 
     ``groups``: channel indices that compete (each channel in at most one group; channels in none
     keep slot 0 with factor 1). ``sigma`` per axis of the positions; ``own_alternatives``: whether a
     channel's own other candidates count as alternatives (see the module docstring);
-    ``same_peak_sigmas``: how close (in sigmas) candidates of two channels must be to be one peak.
+    ``same_peak_sigmas``: how close (in sigmas) candidates of two channels must be to be one peak;
+    ``prior``: the shape prior of the channels' structure group (channel indices as ``cands``'), which
+    re-decides ambiguous components (:mod:`.prior_assignment`; None: the heatmaps alone decide).
     """
     c_all = cands.num_channels
     chosen = np.zeros(c_all, dtype=int)
     factor = np.ones(c_all)
     sigma = np.asarray(sigma, dtype=np.float64)
+    ambiguous: List[_Ambiguous] = []
     for group in groups:
         group = np.asarray(group, dtype=int)
         group = np.sort(group[cands.valid[group, 0]])
@@ -389,6 +441,10 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
         for comp in np.nonzero(sizes > 1)[0]:
             members = group[label == comp]
             keep = label[local] == comp
-            chosen[members], factor[members] = _component(cands, members, ent_c[keep], ent_k[keep], scaled[keep],
-                                                          own_alternatives, same_peak_sigmas)
+            chosen[members], factor[members], unclear = _component(cands, members, ent_c[keep], ent_k[keep],
+                                                                   scaled[keep], own_alternatives, same_peak_sigmas)
+            if unclear is not None:
+                ambiguous.append(unclear)
+    if prior is not None and ambiguous:
+        _decide_with_prior(cands, prior, ambiguous, chosen, factor)
     return chosen, factor
