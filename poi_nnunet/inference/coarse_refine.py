@@ -19,9 +19,14 @@ Per case, in nnU-Net's preprocessed space:
    over flipped crops (``point_tta``, default: whenever ``use_mirroring``; un-flipped; left/right
    partner POIs and structures exchanged on the patient's
    left-right axis, as :class:`PoiPredictor` does for heatmaps).
-4. **Confidence** is the heatmap logit's maximum in the crop divided by the training amplitude,
-   the heatmap trainer's rule; a channel below ``min_confidence`` is not found (a POI the structure
-   does not have was trained to a flat heatmap).
+4. **Confidence** is the share of the coarse stage's spatial softmax near its expected coordinate
+   (:func:`~.confidence.soft_argmax_confidence`; :mod:`.confidence` says why not the heatmap logits'
+   height), averaged over folds and mirrored crops; a channel below ``min_confidence`` is not found
+   and is listed in :attr:`DecodedPoints.dropped` with the reason, like every point not written.
+5. **Missed structures.** In structure mode, a structure of the layout that the predicted
+   segmentation misses but whose heatmap channels peak where no segmented structure is gets a crop
+   centred on those peaks (:mod:`.missing_structures`); otherwise its points are reported as
+   ``structure_not_segmented``.
 
 ``point_stage="coarse"`` writes the soft-argmax points instead of the refined ones (the ablation).
 Points go to world mm through :class:`~poi_nnunet.geometry.PreprocessedSpace` in the shared writers.
@@ -29,15 +34,19 @@ Points go to world mm through :class:`~poi_nnunet.geometry.PreprocessedSpace` in
 from __future__ import annotations
 
 import itertools
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import PoiNnunetError
 from ..geometry import CropBox, PreprocessedSpace, flip_points, last_axes, pad_to_3d
+from ..heatmaps import spatial_softmax
 from ..plan import STRUCTURE_MODE
-from .decoding import MIN_STRUCTURE_VOXELS, DecodedPoints
+from .confidence import soft_argmax_confidence
+from .decoding import (BELOW_MIN_CONFIDENCE, MIN_STRUCTURE_VOXELS, OUTSIDE_IMAGE, STRUCTURE_NOT_SEGMENTED,
+                       DecodedPoints, DroppedPoint, structure_boxes, structure_margin)
+from .missing_structures import absent_structures, peaks_by_structure
 from .predictor import CasePrediction, PoiPredictor, checked_segmentation
 
 POINT_STAGES = ("refined", "coarse")
@@ -66,16 +75,19 @@ class CoarseRefinePredictor(PoiPredictor):
             raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
         self.set_case_space(space)
         try:
+            recovered = {}
             if segmentation is None:
                 logits = self.predict_logits_from_preprocessed_data(data).cpu()
                 seg_logits, heatmaps = logits[: self.num_segmentation_outputs], logits[self.num_segmentation_outputs:]
                 if self.has_segmentation:
                     segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
+                if self.finds_missing_structures(False):
+                    recovered = self.missing_structure_peaks(heatmaps, seg_logits, segmentation)
             else:
                 segmentation = checked_segmentation(segmentation, data)
                 seg_logits = self._one_hot(segmentation)
                 heatmaps = torch.zeros((0, *data.shape[1:]), dtype=torch.float16)
-            points = self.predict_points(data, segmentation)
+            points = self.predict_points(data, segmentation, recovered)
         finally:
             self.set_case_space(None)
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
@@ -89,10 +101,21 @@ class CoarseRefinePredictor(PoiPredictor):
         out.scatter_(0, labels[None].clamp(0, self.num_segmentation_outputs - 1), 1.0)
         return out
 
+    def missing_structure_peaks(self, heatmaps: torch.Tensor, seg_logits: torch.Tensor,
+                                segmentation: np.ndarray) -> Dict[int, np.ndarray]:
+        """Absent structure -> its unexplained heatmap peak voxels ``(k, 3)`` (:mod:`.missing_structures`),
+        outside the boxes the heatmap trainer's decoder would search around the segmented structures."""
+        plan = self.poi_plan
+        margin = structure_margin(plan.heatmap_sigma_voxels, plan.peak_support_sigmas)
+        boxes = structure_boxes(segmentation, self.layout.layers, margin, self.min_structure_voxels)
+        absent = absent_structures(self.layout.layers, [label for label, _ in boxes])
+        return peaks_by_structure(heatmaps, seg_logits, [box for _, box in boxes], absent)
+
     # ------------------------------------------------------------------ crops
-    def structure_crops(self, data_shape: Sequence[int], segmentation: Optional[np.ndarray]
-                        ) -> List[Tuple[int, int, CropBox]]:
-        """``(structure label, layer index, crop)`` of every crop (array axes of the network input)."""
+    def structure_crops(self, data_shape: Sequence[int], segmentation: Optional[np.ndarray],
+                        recovered: Optional[Dict[int, np.ndarray]] = None) -> List[Tuple[int, int, CropBox]]:
+        """``(structure label, layer index, crop)`` of every crop (array axes of the network input); a
+        structure of ``recovered`` (label -> peak voxels, 3 axes) is cropped around its peaks' centroid."""
         patch = np.asarray(self.configuration_manager.patch_size, dtype=float)
         shape = last_axes(np.asarray(data_shape, dtype=float), len(patch))
         if self.layout.mode != STRUCTURE_MODE:
@@ -109,6 +132,10 @@ class CoarseRefinePredictor(PoiPredictor):
                 continue
             centroid = np.array([w.mean() for w in where])
             crops.append((int(label), layer, CropBox.centred_on(centroid, patch)))  # as the loader, without its shift
+        layers = list(self.layout.layers)
+        for label, voxels in sorted((recovered or {}).items()):
+            centroid = np.asarray(voxels, dtype=float).mean(0)[3 - len(patch):]
+            crops.append((int(label), layers.index(label), CropBox.centred_on(centroid, patch)))
         return crops
 
     def whole_image_tiles(self, shape: np.ndarray, patch: np.ndarray) -> List[CropBox]:
@@ -124,13 +151,15 @@ class CoarseRefinePredictor(PoiPredictor):
         return [CropBox([s if n > p else c for s, n, p, c in zip(start, shape, patch, centred.start)], centred.size)
                 for start in itertools.product(*steps)]
 
-    def predict_points(self, data: torch.Tensor, segmentation: Optional[np.ndarray]) -> DecodedPoints:
-        """Points of every structure (preprocessed coordinates, 3 axes)."""
+    def predict_points(self, data: torch.Tensor, segmentation: Optional[np.ndarray],
+                       recovered: Optional[Dict[int, np.ndarray]] = None) -> DecodedPoints:
+        """Points of every structure (preprocessed coordinates, 3 axes); every point not found is in
+        ``dropped`` with its reason. ``recovered``: see :meth:`structure_crops`."""
         patch = [int(p) for p in self.configuration_manager.patch_size]
         if len(patch) == 2 and data.shape[1] != 1:
             raise PoiNnunetError("a 2d coarse_refine model predicts 2D images only (one slice)")
         volume = data[:, 0].numpy() if len(patch) == 2 else data.numpy()
-        crops = self.structure_crops(data.shape[1:], segmentation)
+        crops = self.structure_crops(data.shape[1:], segmentation, recovered)
         if self.layout.mode != STRUCTURE_MODE:  # channel c is the pair channel_keys[c]
             return self.tiled_points(volume, crops)
         pois = np.array([p for _, p in self.layout.channel_keys], dtype=int)
@@ -142,9 +171,18 @@ class CoarseRefinePredictor(PoiPredictor):
             coords, confidence = self.crop_points(x, layers)
             for (label, _, box), c, conf in zip(chunk, coords, confidence):
                 positions = pad_to_3d(box.from_crop(c.double().numpy()))  # a 2d model's points get z = 0
-                found = (conf >= self.min_confidence) & np.all(np.isfinite(positions), axis=1)
-                parts.append(DecodedPoints(np.full(len(pois), label), pois, positions, conf).select(found))
-        return DecodedPoints.concatenate(parts)
+                parts.append(self.found(DecodedPoints(np.full(len(pois), label), pois, positions, conf)))
+        points = DecodedPoints.concatenate(parts)
+        cropped = {label for label, _, _ in crops}
+        points.dropped = [DroppedPoint(int(label), int(p), STRUCTURE_NOT_SEGMENTED)
+                          for label in self.layout.layers if label not in cropped for p in pois] + points.dropped
+        points.unbounded = [(int(s), int(p)) for s, p in zip(points.structures, points.pois) if s in (recovered or {})]
+        return points
+
+    def found(self, points: DecodedPoints) -> DecodedPoints:
+        """The points at or above ``min_confidence`` with a finite position; the others dropped with the reason."""
+        points = points.select(points.confidence >= self.min_confidence, BELOW_MIN_CONFIDENCE)
+        return points.select(np.all(np.isfinite(points.positions), axis=1), OUTSIDE_IMAGE)
 
     def tiled_points(self, volume: np.ndarray, crops: List[Tuple[int, int, CropBox]]) -> DecodedPoints:
         """Whole-image points from several tiles: each channel's point comes from the tile where its
@@ -162,14 +200,14 @@ class CoarseRefinePredictor(PoiPredictor):
                 better = conf > best_conf
                 best_conf[better], best_pos[better] = conf[better], positions[better]
         keys = np.array(self.layout.channel_keys, dtype=int).reshape(-1, 2)
-        found = (best_conf >= self.min_confidence) & np.all(np.isfinite(best_pos), axis=1)
-        return DecodedPoints(keys[:, 0], keys[:, 1], best_pos, np.clip(best_conf, 0, 1)).select(found)
+        return self.found(DecodedPoints(keys[:, 0], keys[:, 1], best_pos, np.clip(best_conf, 0, 1)))
 
     # ------------------------------------------------------------------ network
     @torch.inference_mode()
     def crop_points(self, x: torch.Tensor, layers: torch.Tensor) -> Tuple[torch.Tensor, np.ndarray]:
         """Points ``(N, C, D)`` (crop voxels, CPU) and confidences ``(N, C)`` of crops ``x`` ``(N, in, *patch)``,
-        averaged over folds and mirrored crops."""
+        averaged over folds and mirrored crops; a pass's confidence is its soft-argmax's mass near its
+        coarse point (:func:`~.confidence.soft_argmax_confidence`, the same with or without a flip)."""
         network = getattr(self.network, "_orig_mod", self.network)
         network.eval()
         x = x.to(self.device)
@@ -183,7 +221,8 @@ class CoarseRefinePredictor(PoiPredictor):
                 structure = self._mirrored_layers(layers) if self._flips_left_right(flip) else layers
                 out = network.forward_points(xs, structure)
                 pts = (out.refined if self.point_stage == "refined" else out.coarse).float()
-                heat = out.heatmaps.flatten(2).amax(-1).float()
+                heat = soft_argmax_confidence(spatial_softmax(out.heatmaps.float(), network.beta), out.coarse.float(),
+                                              self.poi_plan.heatmap_sigma_voxels)
                 if flip:
                     pts = flip_points(pts, flip, x.shape[2:])  # back to the unflipped crop's voxels
                 if self._flips_left_right(flip):
@@ -192,7 +231,7 @@ class CoarseRefinePredictor(PoiPredictor):
                 total = pts if total is None else total + pts
                 peak = heat if peak is None else peak + heat
                 n += 1
-        confidence = (peak / n / self.poi_plan.heatmap_amplitude).clamp(0, 1)
+        confidence = (peak / n).clamp(0, 1)
         return (total / n).cpu(), confidence.cpu().double().numpy()
 
     def _flip_sets(self) -> List[Tuple[int, ...]]:

@@ -42,6 +42,7 @@ from ..errors import PoiNnunetError
 from ..geometry import PreprocessedSpace
 from ..plan import STRUCTURE_MODE, PoiPlan
 from .decoding import MIN_CONFIDENCE, DecodedPoints, decode_points
+from .missing_structures import recover_missing_structures
 from .peak_assignment import SAME_PEAK_SIGMAS
 
 
@@ -223,7 +224,8 @@ class PoiPredictor(nnUNetPredictor):
         ``segmentation``: instance labels in the same space (``poi_predict --labels``); the peaks are
         then looked for inside these structures instead of the predicted ones. Without it, the predicted
         segmentation is used where the dataset has labels (in whole-image mode a structure's channels
-        are decoded inside its box, see :mod:`.decoding`), and structure mode requires it.
+        are decoded inside its box, see :mod:`.decoding`), and structure mode requires it; a structure it
+        misses is looked for around its heatmap peaks (:mod:`.missing_structures`).
         """
         data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
         expected = self.network_input_channels()
@@ -238,17 +240,26 @@ class PoiPredictor(nnUNetPredictor):
             raise PoiNnunetError(f"the network gives {logits.shape[0]} outputs, expected {self.num_outputs} "
                                  f"({self.num_segmentation_outputs} segmentation + {self.layout.num_channels} heatmaps)")
         seg_logits, heatmaps = logits[: self.num_segmentation_outputs], logits[self.num_segmentation_outputs:]
-        if segmentation is not None:
+        provided = segmentation is not None
+        if provided:
             segmentation = checked_segmentation(segmentation, data)
         elif self.layout.mode == STRUCTURE_MODE or self.has_segmentation:
             # structure mode decodes inside the structures; whole-image mode bounds each structure's channels
             segmentation = np.asarray(self.label_manager.convert_logits_to_segmentation(seg_logits.float()))
         plan = self.poi_plan
-        points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation,
-                               sigma_voxels=plan.heatmap_sigma_voxels, min_confidence=self.min_confidence,
-                               support_sigmas=plan.peak_support_sigmas,
-                               same_peak_sigmas=plan.same_peak_sigmas(SAME_PEAK_SIGMAS))
+        options = dict(sigma_voxels=plan.heatmap_sigma_voxels, min_confidence=self.min_confidence,
+                       support_sigmas=plan.peak_support_sigmas, same_peak_sigmas=plan.same_peak_sigmas(SAME_PEAK_SIGMAS))
+        points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation, **options)
+        if self.finds_missing_structures(provided):
+            points = recover_missing_structures(points, heatmaps, seg_logits, segmentation, self.layout,
+                                                amplitude=plan.heatmap_amplitude, **options)
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
+
+    def finds_missing_structures(self, segmentation_provided: bool) -> bool:
+        """Whether structures the predicted segmentation misses are looked for in the heatmaps
+        (:mod:`.missing_structures`): structure mode, the model's own label segmentation."""
+        return (self.layout.mode == STRUCTURE_MODE and not segmentation_provided and self.has_segmentation
+                and not self.label_manager.has_regions)
 
     def network_input_channels(self) -> Optional[int]:
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
