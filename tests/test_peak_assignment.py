@@ -357,3 +357,84 @@ def test_dense_landmarks_keep_their_own_peaks_under_the_plans_same_peak_radius()
     for key, own, other in (((0, 1), a, b), ((0, 2), b, a)):
         position = kept[key][0][1:]
         assert np.linalg.norm(position - own) < np.linalg.norm(position - other)
+
+
+# ----------------------------------------------------------------------------------------------- shape prior
+# Six landmarks of one structure (2D, 1 mm pixels): channels 1-4 clearly placed, channels 5 and 6 each
+# seeing both of the last two places.
+SHAPE = {1: (8.3, 9.1), 2: (9.2, 38.7), 3: (38.6, 39.4), 4: (39.3, 8.8), 5: (20.4, 24.1), 6: (29.7, 15.2)}
+
+
+def _prior(places: Dict[int, Tuple[float, float]] = SHAPE, spread: float = 1.5):
+    """A shape prior whose mean is ``places`` rotated by 30 degrees, scaled by 1.3 and moved (the decoder
+    must fit it back onto the image): channel ``k - 1`` is POI ``k``."""
+    from poi_nnunet.shape_prior import ShapePrior
+
+    angle = np.deg2rad(30.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    mean = 1.3 * np.array([places[k] for k in sorted(places)]) @ rotation.T + (100.0, -40.0)
+    return ShapePrior.from_block({"spacing_mm": [1.0, 1.0], "groups": [
+        {"structure": None, "channels": [k - 1 for k in sorted(places)], "mean_mm": mean.tolist(),
+         "spread_mm": [spread] * len(places)}]})
+
+
+def _pair_maps(own: float, other: float) -> torch.Tensor:
+    """Channels 1-4 on their places (10); channels 5 and 6 at ``own`` on their own place and ``other`` on
+    the other's."""
+    clear = [[(SHAPE[k], 10.0)] for k in (1, 2, 3, 4)]
+    return _maps(clear + [[(SHAPE[5], own), (SHAPE[6], other)], [(SHAPE[6], own), (SHAPE[5], other)]])
+
+
+def test_a_shape_prior_flips_a_swapped_pair_back() -> None:
+    """The heatmaps prefer the swap slightly (10 on the other's place, 9.6 on its own): alone they assign it
+    with factor (20 - 19.2) / (0.5 * 10) = 0.16. The prior (the true shape, moved, turned and scaled) puts
+    5 and 6 back on their own places; the swap misplaces two points by 13 mm, 8.7 spreads, so the margin
+    dwarfs log 2 and the confidence is the fitted height alone (9.6 / 10)."""
+    layout = _layout([(0, k) for k in sorted(SHAPE)])
+    maps = _pair_maps(own=9.6, other=10.0)
+    alone = _by_key(decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0))
+    assert _near(alone[(0, 5)][0], SHAPE[6]) and _near(alone[(0, 6)][0], SHAPE[5])
+    assert alone[(0, 5)][1] == pytest.approx(0.16, abs=TOL_CONFIDENCE)
+    prior = _by_key(decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0, shape_prior=_prior()))
+    for k in SHAPE:
+        assert _near(prior[(0, k)][0], SHAPE[k]), (k, prior[(0, k)][0])
+    assert prior[(0, 5)][1] == pytest.approx(0.96, abs=TOL_CONFIDENCE)
+    assert prior[(0, 6)][1] == pytest.approx(0.96, abs=TOL_CONFIDENCE)
+    np.testing.assert_allclose([prior[(0, k)][1] for k in (1, 2, 3, 4)], 1.0, atol=TOL_CONFIDENCE)
+
+
+def test_a_shape_prior_decides_a_tie_and_says_it_was_sure() -> None:
+    """Identical double peaks: the heatmaps alone give a coin flip with confidence 0 (dropped as ambiguous
+    at the default threshold); the prior assigns both right, with the fitted height as confidence."""
+    layout = _layout([(0, k) for k in sorted(SHAPE)])
+    maps = _pair_maps(own=10.0, other=10.0)
+    alone = decode_whole_image(maps, layout, AMPLITUDE)
+    assert _reasons(alone) == {(0, 5): AMBIGUOUS, (0, 6): AMBIGUOUS}
+    prior = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_prior()))
+    assert sorted(prior) == [(0, k) for k in sorted(SHAPE)]
+    for k in SHAPE:
+        assert _near(prior[(0, k)][0], SHAPE[k]), k
+        assert prior[(0, k)][1] == pytest.approx(1.0, abs=TOL_CONFIDENCE)
+
+
+def test_a_wrong_prior_never_overrides_clear_peaks() -> None:
+    """No conflict (every channel one clear peak), and a prior that puts POIs 5 and 6 on each other's places:
+    the output is bit for bit the one without a prior."""
+    layout = _layout([(0, k) for k in sorted(SHAPE)])
+    maps = _maps([[(SHAPE[k], 10.0)] for k in sorted(SHAPE)])
+    wrong = _prior({**SHAPE, 5: SHAPE[6], 6: SHAPE[5]})
+    alone = decode_whole_image(maps, layout, AMPLITUDE)
+    prior = decode_whole_image(maps, layout, AMPLITUDE, shape_prior=wrong)
+    assert np.array_equal(alone.positions, prior.positions) and np.array_equal(alone.confidence, prior.confidence)
+
+
+def test_a_prior_with_too_few_anchors_leaves_the_heatmap_decision() -> None:
+    """Only two clearly placed channels (2D needs three anchors): the swap stands as without a prior."""
+    places = {k: SHAPE[k] for k in (1, 2, 5, 6)}
+    layout = _layout([(0, k) for k in (1, 2, 5, 6)])
+    maps = _maps([[(SHAPE[1], 10.0)], [(SHAPE[2], 10.0)],
+                  [(SHAPE[5], 9.6), (SHAPE[6], 10.0)], [(SHAPE[6], 9.6), (SHAPE[5], 10.0)]])
+    alone = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0)
+    prior = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0,
+                               shape_prior=_prior({1: places[1], 2: places[2], 3: places[5], 4: places[6]}))
+    assert np.array_equal(alone.positions, prior.positions) and np.array_equal(alone.confidence, prior.confidence)

@@ -39,11 +39,11 @@ Rules:
   the other channels' claims; in structure mode a channel's other peaks inside a structure's box
   are the neighbouring structures' peaks of the same POI (every structure in view is drawn in
   every channel), so only the other channels' claims count there.
-* **Shape prior**: where a conflicted component stays ambiguous (some factor below 1) and the plans
+* **Shape prior**: where a component's assignment is ambiguous (some factor below 1) and the plans
   have a shape prior for the channels' structure group, :mod:`.prior_assignment` re-decides it by
   heatmap score plus the prior's log-likelihood of the resulting configuration (anchored on the
   group's unambiguous channels), and the factor becomes the margin in that combined score. Without a
-  prior, without enough anchors, or without a conflict, nothing changes.
+  prior, without enough anchors, or for a channel that shares no peak with another, nothing changes.
 * Components of more than :data:`EXACT_MARGIN_CHANNELS` channels take each margin from the moves
   of at most two channels (:func:`_short_move_margins`) instead of a full re-assignment per channel.
 """
@@ -322,8 +322,8 @@ def _short_move_margins(cost: np.ndarray, column: np.ndarray, s: np.ndarray, own
 
 @dataclass
 class _Ambiguous:
-    """A component whose heatmap assignment was ambiguous (a factor below 1 after a conflict), for the
-    shape prior: ``slot`` ``(n, m)`` the candidate slot of member ``i`` at peak ``j`` (``NONE``: none),
+    """A component (channels with candidates on shared peaks) whose heatmap assignment was ambiguous (a
+    factor below 1), for the shape prior: ``slot`` ``(n, m)`` the candidate slot of member ``i`` at peak ``j`` (``NONE``: none),
     ``score`` ``(n, m)`` its heatmap score (``-inf``: none), ``column`` ``(n,)`` the heatmap solution."""
 
     members: np.ndarray
@@ -336,7 +336,7 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
                scaled: np.ndarray, own_alternatives: bool,
                same_peak_sigmas: float = SAME_PEAK_SIGMAS) -> Tuple[np.ndarray, np.ndarray, Optional[_Ambiguous]]:
     """Chosen slot and confidence factor of each of ``channels`` (linked by shared peaks), and the component
-    for the shape prior where a conflict left it ambiguous; ``ent_c``, ``ent_k``: their candidates, at
+    for the shape prior where the choice was ambiguous; ``ent_c``, ``ent_k``: their candidates, at
     positions ``scaled`` (in sigmas)."""
     local = np.searchsorted(channels, ent_c)
     scores = cands.scores[ent_c, ent_k]
@@ -349,8 +349,7 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
     cost[local, peak] = -scores
     best_peak = np.full(n, NONE)
     best_peak[local[ent_k == 0]] = peak[ent_k == 0]
-    conflict = len(set(best_peak.tolist())) < n
-    if not conflict:  # every channel keeps its best, as before
+    if len(set(best_peak.tolist())) == n:  # no conflict: every channel keeps its best, as before
         column, total = best_peak, float(cost[np.arange(n), best_peak].sum())
     else:
         column, total = _solve(cost)
@@ -370,7 +369,7 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
         margin = _short_move_margins(cost, column, s, own_alternatives)
     factor = np.where(got, _factor(margin, s), 0.0)
     ambiguous = None
-    if conflict and (factor < 1.0).any():
+    if (factor < 1.0).any():
         ambiguous = _Ambiguous(channels, slot, np.where(cost < _FORBIDDEN, -cost, -np.inf), column)
     return chosen, factor, ambiguous
 

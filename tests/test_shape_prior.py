@@ -1,0 +1,124 @@
+"""The shape prior (issue 10): the Procrustes mean and spread of the training POIs, planned per structure
+group into the plans and read back through the typed plan. References: the generating shapes, scipy's
+Procrustes disparity, and spreads worked out by hand."""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pytest
+from scipy.spatial import procrustes
+from scipy.spatial.transform import Rotation
+
+from planners.poi_plan import POI_BLOCK_VERSION, poi_block
+from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE, PoiPlan
+from poi_nnunet.shape_prior import procrustes_mean
+from tests.test_plan_rules import _case, _config, _fingerprint
+
+BASE = np.array([[0.0, 0.0, 0.0], [40.0, 5.0, -3.0], [12.0, 35.0, 4.0], [-8.0, 20.0, 30.0],
+                 [25.0, -15.0, 18.0], [5.0, 10.0, -22.0]])
+
+
+def _moved(shape: np.ndarray, seed: int) -> np.ndarray:
+    """``shape`` turned, scaled (0.7-1.4) and moved at random."""
+    rng = np.random.default_rng(seed)
+    rotation = Rotation.random(random_state=seed).as_matrix()
+    return rng.uniform(0.7, 1.4) * shape @ rotation.T + rng.normal(scale=50.0, size=3)
+
+
+def test_procrustes_mean_of_similar_shapes_is_the_shape_with_no_spread() -> None:
+    shapes = np.stack([_moved(BASE, seed) for seed in range(8)])
+    shapes[2, 1] = np.nan  # cases missing a POI are aligned on the others
+    shapes[5, 4] = np.nan
+    mean, spread, count = procrustes_mean(shapes)
+    _, _, disparity = procrustes(BASE, mean)  # scipy: standardised squared distance after the best similarity
+    assert disparity < 1e-20
+    np.testing.assert_allclose(spread, 0.0, atol=1e-9)
+    assert count.tolist() == [8, 7, 8, 8, 7, 8]
+    np.testing.assert_allclose(mean.mean(0), 0.0, atol=1e-9)  # centred
+
+
+def test_procrustes_spread_of_one_wobbling_point_matches_the_hand_computed_residuals() -> None:
+    """A 100 mm square with a centre POI that sits 1 mm left in one case and 1 mm right in the other. By
+    symmetry the mean is the square with its centre; fitting a case onto it moves the case by 1/5 mm (the
+    centroid's shift; rotation 0, scale 1 - O(1e-5)), so the centre's residual is 4/5 mm and each corner's
+    1/5 mm in both cases."""
+    square = np.array([[-50.0, -50.0], [-50.0, 50.0], [50.0, 50.0], [50.0, -50.0], [0.0, 0.0]])
+    left, right = square.copy(), square.copy()
+    left[4, 0], right[4, 0] = -1.0, 1.0
+    mean, spread, _ = procrustes_mean(np.stack([left, right + (7.0, -3.0)]))
+    np.testing.assert_allclose(spread, [0.2, 0.2, 0.2, 0.2, 0.8], rtol=1e-3)
+    _, _, disparity = procrustes(square, mean)
+    assert disparity < 1e-12
+
+
+def _whole_image_cases(n: int) -> List[dict]:
+    """Six POIs of structure 0, each case a similarity transform of BASE inside a 300 mm field of view."""
+    cases = []
+    for i in range(n):
+        points = _moved(BASE, i) * 0.5 + 150.0 - _moved(BASE, i).mean(0) * 0.5
+        cases.append(_case(f"c{i}", [300, 300, 300], [1.0, 1.0, 1.0],
+                           [(0, k + 1, p.tolist(), None) for k, p in enumerate(points)],
+                           {0: ([0, 0, 0], [300, 300, 300])}))
+    return cases
+
+
+def test_whole_image_plan_has_one_group_with_the_shape_and_the_sigma_floor_as_spread() -> None:
+    block = poi_block(_fingerprint(_whole_image_cases(6)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION == 3
+    prior = PoiPlan.from_block(block).shape_prior
+    assert prior is not None and len(prior.groups) == 1
+    group = prior.group_for(None)
+    assert group.channels == (0, 1, 2, 3, 4, 5) and group.spacing_mm == (1.0, 1.0, 1.0)
+    _, _, disparity = procrustes(BASE, group.mean)
+    assert disparity < 1e-6  # up to the 0.01 mm rounding of the block (about 1e-7 on this ~20 mm shape)
+    assert group.spread_mm == pytest.approx([block["heatmap_sigma_mm"]] * 6, abs=0.01)  # a rigid shape: the floor
+    assert all(round(v, 2) == v for row in block["shape_prior"]["groups"][0]["mean_mm"] for v in row)
+
+
+def _vertebra_cases(n: int, offset_of_21_2: float = 0.0) -> List[dict]:
+    """Three vertebrae along z with POIs 1-4 each; case ``i`` shifts POI 3 by ``(-1)^i`` mm along x."""
+    local = np.array([[0.0, 10.0, 0.0], [0.0, -10.0, 0.0], [6.0, 0.0, 12.0], [-6.0, 0.0, -12.0]])
+    cases = []
+    for i in range(n):
+        points, structures = [], {}
+        for k, label in enumerate((20, 21, 22)):
+            centre = np.array([30.0 + 30 * k, 40.0, 40.0])
+            structures[label] = ((centre - 12).tolist(), (centre + 12).tolist())
+            for poi, p in enumerate(local, start=1):
+                p = p + centre + (np.array([0.0, 0.0, (-1.0) ** i]) if poi == 3 else 0.0)
+                if label == 21 and poi == 2:
+                    p = p + (offset_of_21_2 if i == 0 else 0.0)
+                points.append((label, poi, p.tolist(), 0.5))
+        cases.append(_case(f"spine_{i}", [120, 80, 80], [1.0, 1.0, 1.0], points, structures))
+    return cases
+
+
+def test_structure_mode_plans_one_group_per_structure_without_flagged_points() -> None:
+    """POI 3 wobbles +-1 mm: its residuals are at most 1 mm, below the sigma floor (about 4 mm), so every
+    spread is the floor. Case 0's POI (21, 2) lies 52 mm off; flagged by the cleaning, it must not widen the
+    prior (unflagged, the fit spreads it over every POI of the structure: all above the floor)."""
+    cases = _vertebra_cases(4, offset_of_21_2=30.0)
+    flagged = [{"case": "spine_0", "structure": 21, "poi": 2}]
+    block = poi_block(_fingerprint(cases), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, flagged, {})
+    assert block["crop_mode"] == STRUCTURE_MODE
+    prior = PoiPlan.from_block(block).shape_prior
+    assert [g.structure for g in prior.groups] == [20, 21, 22]
+    sigma = block["heatmap_sigma_mm"]
+    for label in (20, 21, 22):
+        group = prior.group_for(label)
+        assert group.channels == (0, 1, 2, 3)
+        assert group.spread_mm == pytest.approx([sigma] * 4, abs=0.01)
+    unflagged = PoiPlan.from_block(poi_block(_fingerprint(cases), _config([1.0, 1.0, 1.0], [64, 64, 64]),
+                                             (0, 1, 2), {}, [], {})).shape_prior
+    assert min(unflagged.group_for(21).spread_mm) > sigma + 1.0  # what the cleaning keeps out
+
+
+def test_plans_without_a_shape_prior_still_load_and_have_none() -> None:
+    """A version-2 block (planned before the prior) loads; decoding then goes by the heatmaps alone (the
+    decoding tests without ``shape_prior`` are that behaviour)."""
+    block = poi_block(_fingerprint(_whole_image_cases(3)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    old = {k: v for k, v in block.items() if k != "shape_prior"}
+    old["version"] = 2
+    assert PoiPlan.from_block(old).shape_prior is None
+    assert PoiPlan.from_block(block).shape_prior is not None
