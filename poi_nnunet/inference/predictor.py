@@ -249,7 +249,8 @@ class PoiPredictor(nnUNetPredictor):
         plan = self.poi_plan
         options = dict(sigma_voxels=plan.heatmap_sigma_voxels, min_confidence=self.min_confidence,
                        support_sigmas=plan.peak_support_sigmas, same_peak_sigmas=plan.same_peak_sigmas(SAME_PEAK_SIGMAS))
-        points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation, **options)
+        points = decode_points(heatmaps, self.layout, plan.heatmap_amplitude, segmentation=segmentation,
+                               shape_prior=plan.shape_prior, **options)
         if self.finds_missing_structures(provided):
             points = recover_missing_structures(points, heatmaps, seg_logits, segmentation, self.layout,
                                                 amplitude=plan.heatmap_amplitude, **options)
