@@ -5,7 +5,9 @@ one file per channel. For each case OUT gets ``<case>.json`` (unified POI
 format, with confidences), ``<case>.mrk.json`` (3D Slicer markups) and, where
 the model segments, ``<case><file_ending>``; each is written under a temporary
 name and renamed. OUT also gets the model's ``dataset.json`` and ``plans.json``
-(as nnU-Net's predictor leaves them), which ``poi_evaluate`` reads.
+(as nnU-Net's predictor leaves them), which ``poi_evaluate`` reads. Points not written
+(below ``--min_confidence``, ambiguous, structure not segmented, outside the image) are
+counted per case and in one line at the end, and listed in ``OUT/dropped_points.json``.
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
     parser.add_argument("--min_confidence", type=float, default=None, metavar="C",
-                        help="leave out points whose confidence (peak height / training amplitude) is below C "
-                        "(default 0.1); they count as not found")
+                        help="leave out points whose confidence is below C (default 0.1); they count as not "
+                        "found, and are counted at the end and listed in OUT/dropped_points.json. Confidence is "
+                        "one [0, 1] scale for every trainer: about 1 for one clear peak as trained, about 0 for "
+                        "no peak or a tie between two places; 0 writes every point found")
     parser.add_argument("--disable_tta", action="store_true",
                         help="no test-time mirroring (faster, slightly less accurate)")
     parser.add_argument("--labels", default=None, metavar="DIR",

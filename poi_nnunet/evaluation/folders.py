@@ -30,6 +30,7 @@ from ..raw_dataset import RawDataset
 NOT_POI_FILES = frozenset({
     "dataset.json", "plans.json", "predict_from_raw_data_args.json", "summary.json",
     "dataset_fingerprint.json", "splits_final.json", "debug.json",
+    "dropped_points.json",  # poi_predict's list of points it did not write (poi_nnunet.inference.drop_report)
 })
 _SPLIT_FOLDER = re.compile(r"^pois(Tr|Ts)$")
 

@@ -5,7 +5,8 @@ Per case: nnU-Net's preprocessing (or its preprocessed files), sliding-window
 prediction over all folds, heatmap decoding in preprocessed space, mapping to
 world mm through the case's :class:`~poi_nnunet.geometry.PreprocessedSpace`,
 and nnU-Net's export of the segmentation onto the input grid (skipped for a
-landmark-only dataset, which has no foreground label).
+landmark-only dataset, which has no foreground label). What was not written is reported per
+case and once per run, and listed in ``dropped_points.json`` (:mod:`.drop_report`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from ..errors import PathLike, PoiNnunetError
 from ..geometry import ImageGeometry, PreprocessedSpace
+from .drop_report import DropSummary
 from .inputs import InputCase
 from .predictor import CasePrediction, PoiPredictor
 from .writing import case_is_done, write_case_outputs, write_run_files
@@ -38,12 +40,24 @@ def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: Prep
     return write_case_outputs(out_dir, case, pois, predictor.dataset_json, segmentation, properties, reader_writer)
 
 
-def report_dropped(case: str, prediction: CasePrediction, space: PreprocessedSpace) -> None:
+def report_dropped(case: str, prediction: CasePrediction, space: PreprocessedSpace,
+                   summary: Optional[DropSummary] = None) -> None:
     """One line for a case where points were not written (and why), or decoded without their structure's
-    bounds (see :meth:`DecodedPoints.report`); nothing where every channel gave a point."""
+    bounds (see :meth:`DecodedPoints.report`); nothing where every channel gave a point. The case is
+    also counted in ``summary``."""
     line = prediction.points.report(space)
     if line:
         tqdm.write(f"{case}: {line}")
+    if summary is not None:
+        summary.add(case, prediction.points, space)
+
+
+def finish_summary(summary: DropSummary, out_dir: Path) -> None:
+    """Write ``dropped_points.json`` (see :mod:`.drop_report`) and print the run's summary line."""
+    if not summary.dropped:
+        return
+    listed = summary.write(out_dir)
+    print(summary.line(out_dir if listed is not None else None))
 
 
 def provided_label_files(cases: Sequence[InputCase], labels_dir: PathLike, ending: str) -> List[str]:
@@ -75,6 +89,7 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
     if skipped:
         print(f"{skipped} case(s) already predicted in {out_dir}; skipping them (pass --overwrite to redo)")
     preprocessor = DefaultPreprocessor(verbose=False)  # the plans' preprocessor, built directly
+    summary = DropSummary(predictor.min_confidence)
     done = []
     for case, label_file in tqdm(list(zip(todo, labels)), desc="poi_predict", unit="case", disable=not progress):
         data, seg, properties = preprocessor.run_case(case.files, label_file, predictor.plans_manager,
@@ -86,8 +101,9 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
         provided = np.asarray(seg[0]) if label_file is not None else None
         prediction = predictor.predict_case(data, space, segmentation=provided)
         export_case(predictor, prediction, space, properties, out_dir, case.case)
-        report_dropped(case.case, prediction, space)
+        report_dropped(case.case, prediction, space, summary)
         done.append(case.case)
+    finish_summary(summary, out_dir)
     return done
 
 
@@ -126,6 +142,7 @@ def predict_preprocessed_cases(predictor: PoiPredictor, preprocessed_folder: Pat
     except Exception as exc:  # nnU-Net raises bare errors for a missing or foreign folder
         raise PoiNnunetError(f"{folder}: cannot open nnU-Net's preprocessed cases {case_ids[:3]} ({exc})") from None
     write_run_files(out_dir, predictor.dataset_json, predictor.plans_manager.plans)
+    summary = DropSummary(predictor.min_confidence)
     done = []
     for case in tqdm(case_ids, desc="predicting", unit="case", disable=not progress):
         data, _, _, properties = dataset.load_case(case)
@@ -138,6 +155,7 @@ def predict_preprocessed_cases(predictor: PoiPredictor, preprocessed_folder: Pat
                                  "preprocess again")
         prediction = predictor.predict_case(data, space)
         export_case(predictor, prediction, space, properties, out_dir, case)
-        report_dropped(case, prediction, space)
+        report_dropped(case, prediction, space, summary)
         done.append(case)
+    finish_summary(summary, out_dir)
     return done
