@@ -25,14 +25,18 @@ class PoiBatch:
     channel_valid: Tensor  # (B, C) bool: heatmap channel c has a known target in this sample
     centre_layer: Tensor  # (B,) long: slot layer the crop is centred on (-1 unknown; 0 whole image)
     patch_spacing_mm: Tensor  # (B, D) float: mm per patch voxel step after scaling augmentation
+    # Fraction of training done (current_epoch / num_epochs), for losses whose targets follow a schedule;
+    # 1 (the end state: the planned targets) where no trainer fills it.
+    progress: float = 1.0
 
     @classmethod
-    def from_loader(cls, batch: Mapping[str, Tensor], device: Union[str, torch.device]) -> "PoiBatch":
+    def from_loader(cls, batch: Mapping[str, Tensor], device: Union[str, torch.device],
+                    progress: float = 1.0) -> "PoiBatch":
         def move(name: str) -> Tensor:
             return batch[name].to(device, non_blocking=True)
 
         return cls(move("keypoints").float(), move("keypoints_inside").bool(), move("channel_valid").bool(),
-                   move("centre_layer").long(), move("patch_spacing_mm").float())
+                   move("centre_layer").long(), move("patch_spacing_mm").float(), float(progress))
 
 
 @dataclass

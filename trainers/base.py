@@ -100,7 +100,8 @@ class PoiTrainer(nnUNetTrainer):
             target = [t.to(self.device, non_blocking=True) for t in target]
         else:
             target = target.to(self.device, non_blocking=True)
-        return data, target, PoiBatch.from_loader(batch, self.device)
+        progress = self.current_epoch / max(self.num_epochs, 1)  # for losses whose targets follow a schedule
+        return data, target, PoiBatch.from_loader(batch, self.device, progress)
 
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()

@@ -10,7 +10,7 @@ structures in view, not the dataset's label count.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -22,19 +22,21 @@ from poi_nnunet.losses import MaskedHeatmapLoss
 from poi_nnunet.plan import PoiPlan
 
 
-def render_point_targets(keypoints: Tensor, layout: ChannelLayout, shape: Tuple[int, ...], plan: PoiPlan) -> Tensor:
-    """``(B, C, *shape)`` heatmaps from ``(B, S, D)`` slot keypoints (NaN: nothing rendered)."""
+def render_point_targets(keypoints: Tensor, layout: ChannelLayout, shape: Tuple[int, ...], plan: PoiPlan,
+                         sigma_voxels: Optional[Sequence[float]] = None) -> Tensor:
+    """``(B, C, *shape)`` heatmaps from ``(B, S, D)`` slot keypoints (NaN: nothing rendered), with the
+    plan's sigma unless ``sigma_voxels`` (per axis) is given; the rendered reach follows the sigma used."""
     b, d = keypoints.shape[0], keypoints.shape[-1]
+    sigma = tuple(plan.heatmap_sigma_voxels if sigma_voxels is None else sigma_voxels)
     points = keypoints.reshape(b, layout.num_layers, layout.num_channels, d)
     usable = torch.isfinite(points).all(-1)
-    reach = plan.peak_support_sigmas * torch.as_tensor(plan.heatmap_sigma_voxels[-d:], dtype=points.dtype,
-                                                       device=points.device)
+    reach = plan.peak_support_sigmas * torch.as_tensor(sigma[-d:], dtype=points.dtype, device=points.device)
     size = torch.as_tensor(shape, dtype=points.dtype, device=points.device)
     near = usable & ((points > -reach) & (points < size - 1 + reach)).all(-1)
     heatmaps = torch.zeros((b, layout.num_channels, *shape), dtype=points.dtype, device=points.device)
     for layer in torch.nonzero(near.any(dim=2).any(dim=0)).flatten().tolist():
         rendered = render_gaussian_heatmaps(torch.nan_to_num(points[:, layer]), near[:, layer], shape,
-                                            plan.heatmap_sigma_voxels, plan.heatmap_amplitude)
+                                            sigma[-d:], plan.heatmap_amplitude)
         heatmaps = torch.maximum(heatmaps, rendered)
     return heatmaps
 
@@ -66,12 +68,17 @@ class SegmentationAndHeatmapLoss(nn.Module):
         outputs = list(output) if isinstance(output, (list, tuple)) else [output]
         full = outputs[0]
         heatmaps, valid = self.heatmap_targets(batch, full.shape[2:])
-        heat = self.heatmap(full[:, self.n:].float(), heatmaps.float(), valid)
-        total = self.heatmap_weight * heat
-        terms = {"poi_loss": float(heat.detach())}
+        total, terms = self.heatmap_terms(full[:, self.n:].float(), heatmaps.float(), valid, batch)
         if self.segmentation is not None:
             seg_out = [o[:, : self.n] for o in outputs]
             seg = self.segmentation(seg_out if isinstance(output, (list, tuple)) else seg_out[0], target)
             total = total + seg
             terms["seg_loss"] = float(seg.detach())
         return LossOutput(total, terms)
+
+    def heatmap_terms(self, pred: Tensor, heatmaps: Tensor, valid: Tensor,
+                      batch: PoiBatch) -> Tuple[Tensor, Dict[str, float]]:
+        """The weighted heatmap loss of the ``(B, C, *spatial)`` full-resolution heatmaps against their targets
+        (``valid`` ``(B, C)``), and its terms for the log: what a variant extends with further terms."""
+        heat = self.heatmap(pred, heatmaps, valid)
+        return self.heatmap_weight * heat, {"poi_loss": float(heat.detach())}

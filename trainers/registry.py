@@ -10,6 +10,7 @@ from poi_nnunet.errors import PoiNnunetError
 
 from .coarse_refine import PoiCoarseRefineTrainer
 from .heatmap import PoiHeatmapTrainer
+from .heatmap_variants import VARIANTS
 
 TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
     "heatmap": PoiHeatmapTrainer,
@@ -21,11 +22,13 @@ TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
 
 
 def trainer_class(name: str) -> Type[nnUNetTrainer]:
-    """A trainer by short name (``heatmap``) or class name (``PoiHeatmapTrainer``)."""
-    if name in TRAINERS:
-        return TRAINERS[name]
-    for cls in TRAINERS.values():
+    """A trainer by short name (``heatmap``) or class name (``PoiHeatmapTrainer``); the heatmap trainer's
+    training variants under comparison (:data:`~trainers.heatmap_variants.VARIANTS`) too."""
+    every = {**TRAINERS, **VARIANTS}
+    if name in every:
+        return every[name]
+    for cls in every.values():
         if cls.__name__ == name:
             return cls
-    known = ", ".join(f"{k} ({v.__name__})" for k, v in TRAINERS.items())
+    known = ", ".join(f"{k} ({v.__name__})" for k, v in every.items())
     raise PoiNnunetError(f"unknown trainer {name!r}; known trainers: {known}")

@@ -1,0 +1,204 @@
+"""The heatmap trainer's training variants (issue 10, section 2): their losses on hand-made tensors,
+and one training step of each on tiny planned datasets."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from poi_nnunet.batch import PoiBatch
+from poi_nnunet.channels import ChannelLayout
+from poi_nnunet.heatmaps import render_gaussian_heatmaps
+from poi_nnunet.plan import PoiPlan
+from trainers.heatmap_variants import VARIANTS
+from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence, peak_holding_beta
+
+AMPLITUDE = 10.0
+
+
+def whole_image(channels: int, dim: int, sigma: float = 1.5) -> tuple:
+    plan = PoiPlan("whole_image", (50.0,) * dim, (sigma,) * dim, AMPLITUDE, 3.0, (8,) * dim, (1.5, 3.0), (0.1, 0.2),
+                   tuple({"structure": 1, "poi": c + 1, "name": str(c)} for c in range(channels)))
+    layout = ChannelLayout.from_channels("whole_image", plan.poi_channels, {})
+    return plan, layout
+
+
+def structure(channels: int, layers: Sequence[int], dim: int, sigma: float = 1.5) -> tuple:
+    plan = PoiPlan("structure_with_neighbours", (50.0,) * dim, (sigma,) * dim, AMPLITUDE, 3.0, (8,) * dim,
+                   (1.5, 3.0), (0.1, 0.2),
+                   tuple({"structure": None, "poi": c + 1, "name": str(c)} for c in range(channels)))
+    layout = ChannelLayout("structure_with_neighbours", tuple((-1, c + 1) for c in range(channels)),
+                           tuple(str(c) for c in range(channels)), tuple(layers))
+    return plan, layout
+
+
+def batch_of(keypoints: torch.Tensor, valid: torch.Tensor, spacing: Sequence[float], shape: Sequence[int],
+             progress: float = 1.0) -> PoiBatch:
+    """A batch whose ``inside`` is read off the points and ``shape`` (the patch)."""
+    b, _, d = keypoints.shape
+    size = torch.tensor(shape, dtype=keypoints.dtype)
+    inside = torch.isfinite(keypoints).all(-1) & ((keypoints >= 0) & (keypoints <= size - 1)).all(-1)
+    return PoiBatch(keypoints, inside, valid, torch.zeros(b, dtype=torch.long),
+                    torch.tensor([list(spacing)] * b, dtype=torch.float32), progress)
+
+
+def peaks(centres: Sequence[Sequence[float]], shape: Sequence[int], sigma: float = 1.5) -> torch.Tensor:
+    """``(1, 1, *shape)``: the sum of target-shaped peaks at ``centres``."""
+    pts = torch.tensor([list(c) for c in centres], dtype=torch.float32)[None]
+    maps = render_gaussian_heatmaps(pts, torch.ones(1, len(centres), dtype=torch.bool), shape, sigma, AMPLITUDE)
+    return maps.sum(1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------------------------- heatmap_coord
+def test_inverse_temperature_follows_its_formula_and_puts_95_percent_on_a_target_peak() -> None:
+    assert peak_holding_beta(10.0, (112, 128)) == pytest.approx(math.log(19 * 112 * 128) / 10.0)
+    assert peak_holding_beta(10.0, (112, 128)) == pytest.approx(1.2515, abs=1e-4)  # ln(272384) = 12.515
+    for shape in ((40, 48), (24, 20, 28)):
+        centre = [s / 2 + 0.3 for s in shape]
+        target = peaks([centre], shape)
+        near = (torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij"))
+                - torch.tensor(centre).reshape(-1, *([1] * len(shape)))).norm(dim=0) <= 3 * 1.5
+        beta = peak_holding_beta(AMPLITUDE, shape)
+        mass = torch.softmax(beta * target.flatten(), 0).reshape(shape)[near].sum()
+        assert mass > 0.95
+        half = torch.softmax(0.5 * beta * target.flatten(), 0).reshape(shape)[near].sum()
+        assert half < 0.95  # the bound is not vacuous: a much cooler softmax leaks to the background
+
+
+def test_js_divergence_against_hand_values() -> None:
+    log = lambda *p: torch.tensor([[list(p)]], dtype=torch.float64).clamp_min(1e-300).log()
+    assert float(js_divergence(log(1.0, 0.0), log(0.0, 1.0))) == pytest.approx(math.log(2.0))
+    assert float(js_divergence(log(0.3, 0.7), log(0.3, 0.7))) == pytest.approx(0.0, abs=1e-12)
+    # P = (1, 0), Q = (1/2, 1/2): M = (3/4, 1/4); KL(P|M) = ln 4/3, KL(Q|M) = (ln 2/3 + ln 2) / 2
+    hand = 0.5 * (math.log(4 / 3) + 0.5 * (math.log(2 / 3) + math.log(2.0)))
+    assert float(js_divergence(log(1.0, 0.0), log(0.5, 0.5))) == pytest.approx(hand, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(32, 36), (20, 22, 24)])
+def test_a_second_peak_costs_more_and_more_the_farther_it_is(shape) -> None:
+    dim = len(shape)
+    plan, layout = whole_image(1, dim)
+    loss = HeatmapCoordinateLoss(None, layout, plan, 0, heatmap_weight=1.0, coordinate_weight=0.2,
+                                 divergence_weight=1.0)
+    right = [6.0] * dim
+    batch = batch_of(torch.tensor([[right]]), torch.ones(1, 1, dtype=torch.bool), (1.0,) * dim, shape)
+
+    def terms(*centres):
+        return loss(peaks(centres, shape), None, batch).terms
+
+    alone = terms(right)
+    near = terms(right, [6.0] * (dim - 1) + [16.0])
+    far = terms(right, [s - 4.0 for s in shape])
+    assert alone["coord_loss"] < 1e-3 and alone["js_loss"] < 1e-3  # the target itself is the optimum
+    for key in ("coord_loss", "js_loss"):
+        assert near[key] > alone[key] + 0.1 and far[key] > alone[key] + 0.1
+    assert far["coord_loss"] > near["coord_loss"] + 1.0  # the coordinate term grows with the distance
+    assert far["js_loss"] == pytest.approx(near["js_loss"], abs=0.02)  # the divergence counts it wherever it is
+
+
+def test_coordinate_term_is_an_l1_distance_in_the_samples_millimetres() -> None:
+    """Peak and target on one row (y symmetric about the patch centre, so no y error), 3 voxels apart along x:
+    the cost is that distance times the sample's mm per x step, shortened by at most the 5 % of mass the
+    softmax leaves on the background; the y spacing does not enter."""
+    shape = (32, 32)
+    plan, layout = whole_image(1, 2)
+    loss = HeatmapCoordinateLoss(None, layout, plan, 0, 1.0, coordinate_weight=0.2, divergence_weight=1.0)
+    pred = peaks([[15.5, 15.5]], shape)
+    one = torch.ones(1, 1, dtype=torch.bool)
+
+    def run(spacing, weight_loss=loss):
+        return weight_loss(pred, None, batch_of(torch.tensor([[[15.5, 18.5]]]), one, spacing, shape))
+
+    half = run((1.0, 0.5))
+    assert 0.95 * 1.5 <= half.terms["coord_loss"] <= 1.5
+    assert run((1.0, 1.0)).terms["coord_loss"] == pytest.approx(2 * half.terms["coord_loss"], rel=1e-5)
+    assert run((4.0, 0.5)).terms["coord_loss"] == pytest.approx(half.terms["coord_loss"], rel=1e-5)
+    assert half.terms["coord_mm"] == pytest.approx(half.terms["coord_loss"], rel=1e-5)  # one axis: L1 = Euclidean
+    no_coord = HeatmapCoordinateLoss(None, layout, plan, 0, 1.0, coordinate_weight=0.0, divergence_weight=1.0)
+    assert float(half.total - run((1.0, 0.5), no_coord).total) == pytest.approx(0.2 * half.terms["coord_loss"],
+                                                                                rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(24, 28), (12, 14, 16)])
+def test_invalid_channels_get_exactly_zero_gradient_and_no_nan(shape) -> None:
+    dim = len(shape)
+    plan, layout = whole_image(3, dim)
+    loss = HeatmapCoordinateLoss(None, layout, plan, 0, 1.0, 0.2, 1.0)
+    keypoints = torch.tensor([[[5.0] * dim, [float("nan")] * dim, [-30.0] * dim]])  # known, unknown, far outside
+    valid = torch.tensor([[True, False, True]])
+    pred = torch.randn(1, 3, *shape, requires_grad=True)
+    result = loss(pred, None, batch_of(keypoints, valid, (1.0,) * dim, shape))
+    result.total.backward()
+    assert torch.isfinite(result.total) and torch.isfinite(pred.grad).all()
+    assert torch.count_nonzero(pred.grad[0, 1]) == 0
+    assert torch.count_nonzero(pred.grad[0, 0]) > 0 and torch.count_nonzero(pred.grad[0, 2]) > 0
+    nothing = loss(pred, None, batch_of(keypoints, torch.zeros(1, 3, dtype=torch.bool), (1.0,) * dim, shape))
+    assert float(nothing.total.detach()) == 0.0
+
+
+def test_structure_mode_uses_only_the_divergence_which_accepts_several_peaks() -> None:
+    shape = (16, 18, 20)
+    plan, layout = structure(1, (3, 4), 3)
+    loss = HeatmapCoordinateLoss(None, layout, plan, 0, 1.0, 0.2, 1.0)
+    two = torch.tensor([[[4.0, 5.0, 6.0], [11.0, 12.0, 13.0]]])  # slot (layer 0, channel 0), (layer 1, channel 0)
+    batch = batch_of(two, torch.ones(1, 1, dtype=torch.bool), (1.0, 1.0, 1.0), shape)
+    both = loss(peaks([[4.0, 5.0, 6.0], [11.0, 12.0, 13.0]], shape), None, batch).terms
+    one = loss(peaks([[4.0, 5.0, 6.0]], shape), None, batch).terms
+    assert "coord_loss" not in both
+    assert both["js_loss"] < 0.01 and one["js_loss"] > both["js_loss"] + 0.1
+
+
+# ----------------------------------------------------------------------------------------------- smoke
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    """Two tiny planned datasets: 506 X-ray (2D, whole image, with masks), 507 spine (3D, structure mode)."""
+    from dataset_conversion.synthetic_spine import write_spine_dataset
+    from dataset_conversion.synthetic_xray import write_xray_dataset
+    from poi_nnunet.cli.plan_and_preprocess import main as plan_main
+
+    base = tmp_path_factory.mktemp("variants")
+    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            v.mkdir()
+            mp.setenv(k, str(v))
+        write_xray_dataset(env["nnUNet_raw"] / "Dataset506_Xray", num_cases=3, shape=(48, 48))
+        write_spine_dataset(env["nnUNet_raw"] / "Dataset507_Spine", num_cases=3, seed=3, shape=(32, 24, 24))
+        for dataset, config in (("506", "2d"), ("507", "3d_fullres")):
+            assert plan_main(["-d", dataset, "-c", config, "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
+    return env
+
+
+@pytest.fixture
+def env(planned: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
+    for k, v in planned.items():
+        monkeypatch.setenv(k, str(v))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    return planned
+
+
+@pytest.mark.parametrize("dataset, config", [("506", "2d"), ("507", "3d_fullres")])
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_variant_builds_from_the_plans_and_takes_a_training_step(env, name: str, dataset: str,
+                                                                      config: str) -> None:
+    from poi_nnunet.trainer_factory import build_trainer
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    trainer = build_trainer(dataset, config, name, "all", "poiPlans", device="cpu", epochs=4, iterations_per_epoch=1)
+    trainer.initialize()
+    dl_tr, _ = trainer.get_dataloaders()
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    out = trainer.train_step(next(dl_tr))
+    assert np.isfinite(out["loss"]) and "poi_loss" in out
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, trainer.network.parameters()))
+    # the network poi_predict rebuilds from the plans takes the trained weights
+    rebuilt = type(trainer).build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+        trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+    rebuilt.load_state_dict(trainer.network.state_dict())

@@ -1,0 +1,16 @@
+"""Training variants of the ``heatmap`` trainer, compared by ``benchmarks/learning_speed.py`` (issue 10).
+
+Each is a small subclass of :class:`~trainers.heatmap.PoiHeatmapTrainer` in its own module that
+changes only its heads, loss, targets or optimiser; :data:`VARIANTS` maps the short names
+:func:`trainers.registry.trainer_class` resolves to the classes.
+"""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from ..heatmap import PoiHeatmapTrainer
+from .coord import PoiHeatmapCoordTrainer
+
+VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
+    "heatmap_coord": PoiHeatmapCoordTrainer,
+}
