@@ -202,3 +202,20 @@ def test_each_variant_builds_from_the_plans_and_takes_a_training_step(env, name:
         trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
         trainer.label_manager.num_segmentation_heads, enable_deep_supervision=False)
     rebuilt.load_state_dict(trainer.network.state_dict())
+
+
+def test_headopt_head_group_keeps_ten_times_the_rate_through_the_poly_decay(env) -> None:
+    from poi_nnunet.trainer_factory import build_trainer
+    from trainers.heatmap_variants.headopt import heatmap_head_parameters
+
+    trainer = build_trainer("506", "2d", "heatmap_headopt", "all", "poiPlans", device="cpu", epochs=4)
+    trainer.initialize()
+    rest, head = trainer.optimizer.param_groups
+    assert {id(p) for p in head["params"]} == {id(p) for p in heatmap_head_parameters(trainer.network)}
+    assert len(head["params"]) == 4  # HeatmapHead: two 1x1 convolutions with bias
+    assert len(rest["params"]) + 4 == len(list(trainer.network.parameters()))
+    trainer.lr_scheduler.step(2)  # what nnU-Net calls at the start of epoch 2 of 4
+    assert rest["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)  # 0.005359
+    assert head["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+    trainer.lr_scheduler.step(0)
+    assert (rest["lr"], head["lr"]) == (pytest.approx(0.01), pytest.approx(0.1))

@@ -10,7 +10,9 @@ from typing import Dict, Type
 
 from ..heatmap import PoiHeatmapTrainer
 from .coord import PoiHeatmapCoordTrainer
+from .headopt import PoiHeatmapHeadOptTrainer
 
 VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_coord": PoiHeatmapCoordTrainer,
+    "heatmap_headopt": PoiHeatmapHeadOptTrainer,
 }
