@@ -16,6 +16,7 @@ from poi_nnunet.heatmaps import render_gaussian_heatmaps
 from poi_nnunet.plan import PoiPlan
 from trainers.heatmap_variants import VARIANTS
 from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence, peak_holding_beta
+from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
 
 AMPLITUDE = 10.0
 
@@ -152,6 +153,37 @@ def test_structure_mode_uses_only_the_divergence_which_accepts_several_peaks() -
     assert both["js_loss"] < 0.01 and one["js_loss"] > both["js_loss"] + 0.1
 
 
+# ----------------------------------------------------------------------------------------------- heatmap_sigma
+@pytest.mark.parametrize("progress, sigma", [(0.0, 5.0), (0.25, 3.5), (0.5, 2.0), (1.0, 2.0)])
+def test_annealed_targets_have_the_scheduled_width_and_amplitude(progress: float, sigma: float) -> None:
+    """Planned sigma 2 voxels, start factor 2.5, narrowed by half-time: 5, 3.5, 2, 2. Read off the
+    rendered target: the peak keeps the amplitude, and 3 voxels along x it is 10 exp(-9 / (2 sigma^2))
+    (8.353, 6.926, 3.247, 3.247)."""
+    plan, layout = whole_image(1, 2, sigma=2.0)
+    loss = AnnealedSigmaHeatmapLoss(None, layout, plan, 0, 1.0, start_factor=2.5, until=0.5)
+    batch = batch_of(torch.tensor([[[20.0, 20.0]]]), torch.ones(1, 1, dtype=torch.bool), (1.0, 1.0), (40, 40),
+                     progress)
+    target, _ = loss.heatmap_targets(batch, (40, 40))
+    assert float(target[0, 0, 20, 20]) == pytest.approx(10.0)
+    assert float(target[0, 0, 20, 23]) == pytest.approx(10.0 * math.exp(-9.0 / (2 * sigma ** 2)), rel=1e-5)
+    assert float(target[0, 0, 17, 20]) == pytest.approx(10.0 * math.exp(-9.0 / (2 * sigma ** 2)), rel=1e-5)
+
+
+def test_annealed_peak_normaliser_follows_the_sigma_in_use() -> None:
+    """All-zero prediction: a whole peak costs 1 at any width, a peak cut in half by the border about half
+    (0.556 for sigma 5: the half-Gaussian's voxel sum, centre column included, over a whole peak's energy),
+    not the 1 it would cost against the planned, narrower peak's energy."""
+    plan, layout = whole_image(1, 2, sigma=2.0)
+    loss = AnnealedSigmaHeatmapLoss(None, layout, plan, 0, 1.0, start_factor=2.5, until=0.5)
+    zero = torch.zeros(1, 1, 48, 48)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    for progress in (0.0, 0.25, 1.0):
+        whole = loss(zero, None, batch_of(torch.tensor([[[24.0, 24.0]]]), one, (1.0, 1.0), (48, 48), progress))
+        assert whole.terms["poi_loss"] == pytest.approx(1.0, abs=1e-3)
+    cut = loss(zero, None, batch_of(torch.tensor([[[24.0, 0.0]]]), one, (1.0, 1.0), (48, 48), 0.0))
+    assert cut.terms["poi_loss"] == pytest.approx(0.556, abs=0.01)
+
+
 # ----------------------------------------------------------------------------------------------- smoke
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
@@ -219,3 +251,17 @@ def test_headopt_head_group_keeps_ten_times_the_rate_through_the_poly_decay(env)
     assert head["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
     trainer.lr_scheduler.step(0)
     assert (rest["lr"], head["lr"]) == (pytest.approx(0.01), pytest.approx(0.1))
+
+
+def test_trainer_hands_the_loss_its_training_progress(env) -> None:
+    from poi_nnunet.trainer_factory import build_trainer
+
+    trainer = build_trainer("506", "2d", "heatmap_sigma", "all", "poiPlans", device="cpu", epochs=4)
+    trainer.initialize()
+    dl_tr, _ = trainer.get_dataloaders()
+    batch = next(dl_tr)
+    trainer.current_epoch = 1
+    assert trainer._on_device(batch)[2].progress == pytest.approx(0.25)
+    trainer.current_epoch = 3
+    assert trainer.loss.sigma_voxels(trainer._on_device(batch)[2]) == pytest.approx(
+        tuple(s for s in trainer.poi_plan.heatmap_sigma_voxels))

@@ -11,8 +11,10 @@ from typing import Dict, Type
 from ..heatmap import PoiHeatmapTrainer
 from .coord import PoiHeatmapCoordTrainer
 from .headopt import PoiHeatmapHeadOptTrainer
+from .sigma import PoiHeatmapSigmaTrainer
 
 VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_coord": PoiHeatmapCoordTrainer,
     "heatmap_headopt": PoiHeatmapHeadOptTrainer,
+    "heatmap_sigma": PoiHeatmapSigmaTrainer,
 }
