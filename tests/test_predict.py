@@ -567,7 +567,9 @@ def test_landmark_only_model_writes_points_without_segmentation(env, tmp_path: P
     cases = list_input_cases(env["images_ts"], ".nii.gz", 1)[:1]
     predict_input_cases(predictor, cases, tmp_path, progress=False)
     case = cases[0].case
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.json", f"{case}.mrk.json"]
+    # no mask; dropped_points.json only where an untrained fit ran off the image
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "dropped_points.json") == [f"{case}.json",
+                                                                                            f"{case}.mrk.json"]
     pois = read_poi_file(tmp_path / f"{case}.json")
     assert {p.structure for p in pois} <= {0} and len(pois) > 0
 
