@@ -5,6 +5,9 @@
   (full-width accumulation, mirror-aware test-time augmentation).
 * :mod:`.decoding`: heatmaps -> points per crop mode, in preprocessed space; :mod:`.peak_assignment`:
   channels assigned jointly to distinct peaks, confidence lowered by ambiguity.
+* :mod:`.confidence`: what a point's confidence means, one scale for every trainer.
+* :mod:`.missing_structures`: structure mode, a structure the segmentation missed found from its peaks.
+* :mod:`.drop_report`: what a run did not write, and why (summary line, ``dropped_points.json``).
 * :mod:`.inputs`: listing and checking nnU-Net-named input files.
 * :mod:`.writing`: atomic ``<case>.json``, ``<case>.mrk.json`` and segmentation files.
 * :mod:`.run`: whole cases, from raw files or from nnU-Net's preprocessed folder.
