@@ -16,6 +16,7 @@ from poi_nnunet.heatmaps import render_gaussian_heatmaps
 from poi_nnunet.plan import PoiPlan
 from trainers.heatmap_variants import VARIANTS
 from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence, peak_holding_beta
+from trainers.heatmap_variants.scn import SpatialConfiguration, SpatialConfigurationHeatmaps
 from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
 
 AMPLITUDE = 10.0
@@ -182,6 +183,63 @@ def test_annealed_peak_normaliser_follows_the_sigma_in_use() -> None:
         assert whole.terms["poi_loss"] == pytest.approx(1.0, abs=1e-3)
     cut = loss(zero, None, batch_of(torch.tensor([[[24.0, 0.0]]]), one, (1.0, 1.0), (48, 48), 0.0))
     assert cut.terms["poi_loss"] == pytest.approx(0.556, abs=0.01)
+
+
+# ----------------------------------------------------------------------------------------------- heatmap_scn
+class Constant(torch.nn.Module):
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("conv, shape", [(torch.nn.Conv2d, (22, 19)), (torch.nn.Conv3d, (10, 13, 9))])
+def test_spatial_configuration_multiplies_the_local_heatmaps(conv, shape) -> None:
+    """Sizes not divisible by the pooling factor come back whole; the product form: a zero configuration
+    zeros the heatmaps, a configuration of 2 doubles them, and the untrained branch (last layer zero) is 1."""
+    torch.manual_seed(0)
+    local = conv(6, 3, kernel_size=1)
+    x = torch.randn(2, 6, *shape)
+    configuration = SpatialConfiguration(conv, 3, 8, kernel_size=3, layers=3, pool=4)
+    heads = SpatialConfigurationHeatmaps(local, configuration)
+    with torch.no_grad():
+        out = heads(x)
+        assert out.shape == (2, 3, *shape)
+        torch.testing.assert_close(out, local(x))
+        heads.configuration = Constant(0.0)
+        assert torch.count_nonzero(heads(x)) == 0
+        heads.configuration = Constant(2.0)
+        torch.testing.assert_close(heads(x), 2 * local(x))
+    with torch.no_grad():  # a trained branch: values in (0, 2), one map per channel at the input's size
+        for p in configuration.parameters():
+            p.normal_(0.0, 0.1)
+        config = configuration(local(x))
+    assert config.shape == (2, 3, *shape) and bool((config > 0).all() and (config < 2).all())
+    assert float(config.std()) > 0.01
+
+
+def test_spatial_configuration_suppresses_a_peak_its_branch_says_is_wrong() -> None:
+    """The branch sees all channels: here it is wired to say 'channel 0 is not where channel 1 is'
+    (a large negative weight from channel 1 to channel 0), and channel 0's peak there vanishes while its
+    peak elsewhere stays."""
+    configuration = SpatialConfiguration(torch.nn.Conv2d, 2, 2, kernel_size=1, layers=2, pool=4)
+    with torch.no_grad():
+        first, last = configuration.body[0], configuration.body[-1]
+        first.weight.zero_(); first.bias.zero_(); last.bias.zero_()
+        first.weight[1, 1] = 1.0  # feature 1 = channel 1 (pooled), passed by the LeakyReLU as it is
+        last.weight.zero_()
+        last.weight[0, 1] = -10.0  # configuration of channel 0 = 1 + tanh(-10 x channel 1)
+    local = torch.zeros(1, 2, 32, 32)
+    local[0, 0] = peaks([[8.0, 8.0], [24.0, 24.0]], (32, 32))[0, 0]  # channel 0: right (8, 8), wrong (24, 24)
+    local[0, 1] = peaks([[24.0, 24.0]], (32, 32))[0, 0]  # channel 1 sits at (24, 24)
+    heads = SpatialConfigurationHeatmaps(torch.nn.Identity(), configuration)
+    with torch.no_grad():
+        out = heads(local)
+    assert float(out[0, 0, 8, 8]) == pytest.approx(10.0, rel=1e-3)
+    assert float(out[0, 0, 24, 24]) < 0.1
+    torch.testing.assert_close(out[0, 1], local[0, 1])
 
 
 # ----------------------------------------------------------------------------------------------- smoke

@@ -11,10 +11,12 @@ from typing import Dict, Type
 from ..heatmap import PoiHeatmapTrainer
 from .coord import PoiHeatmapCoordTrainer
 from .headopt import PoiHeatmapHeadOptTrainer
+from .scn import PoiHeatmapScnTrainer
 from .sigma import PoiHeatmapSigmaTrainer
 
 VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_coord": PoiHeatmapCoordTrainer,
     "heatmap_headopt": PoiHeatmapHeadOptTrainer,
     "heatmap_sigma": PoiHeatmapSigmaTrainer,
+    "heatmap_scn": PoiHeatmapScnTrainer,
 }
