@@ -161,11 +161,19 @@ def shape_groups(fingerprint: Dict[str, Any], mode: str,
                  channels: Sequence[Dict[str, Any]]) -> List[Tuple[Optional[int], List[int], List[Tuple[int, int]]]]:
     """``(structure, channel indices, (structure, poi) keys)`` of each structure group of the shape prior.
 
-    Whole-image mode: one group of every channel (the whole image's configuration, ``structure`` None).
+    Whole-image mode: one group per structure label of the channels (a landmark-only dataset, all
+    structure 0, has one group: the whole image's configuration). Per structure, not one group of
+    all channels, because a structure's own shape varies far less than where it lies beside the others
+    (three polygons placed freely: 0.8 mm against 19 mm of spread), and it is the structure's own
+    corners that a model confuses.
     Structure mode: one group per structure label, of the POI ids that structure carries in any case.
     """
     if mode != STRUCTURE_MODE:
-        return [(None, list(range(len(channels))), [(int(c["structure"]), int(c["poi"])) for c in channels])]
+        by_label: Dict[int, List[int]] = {}
+        for i, c in enumerate(channels):
+            by_label.setdefault(int(c["structure"]), []).append(i)
+        return [(label, members, [(label, int(channels[i]["poi"])) for i in members])
+                for label, members in sorted(by_label.items())]
     index = {int(c["poi"]): i for i, c in enumerate(channels)}
     carried: Dict[int, set] = {}
     for case in fingerprint["cases"]:

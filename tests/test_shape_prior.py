@@ -63,12 +63,12 @@ def _whole_image_cases(n: int) -> List[dict]:
     return cases
 
 
-def test_whole_image_plan_has_one_group_with_the_shape_and_the_sigma_floor_as_spread() -> None:
+def test_whole_image_plan_of_one_structure_has_one_group_with_the_shape_and_the_sigma_floor_as_spread() -> None:
     block = poi_block(_fingerprint(_whole_image_cases(6)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
     assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION == 3
     prior = PoiPlan.from_block(block).shape_prior
     assert prior is not None and len(prior.groups) == 1
-    group = prior.group_for(None)
+    group = prior.group_for(0)  # the structure label of a landmark-only dataset
     assert group.channels == (0, 1, 2, 3, 4, 5) and group.spacing_mm == (1.0, 1.0, 1.0)
     _, _, disparity = procrustes(BASE, group.mean)
     assert disparity < 1e-6  # up to the 0.01 mm rounding of the block (about 1e-7 on this ~20 mm shape)
@@ -122,3 +122,24 @@ def test_plans_without_a_shape_prior_still_load_and_have_none() -> None:
     old["version"] = 2
     assert PoiPlan.from_block(old).shape_prior is None
     assert PoiPlan.from_block(block).shape_prior is not None
+
+
+def test_whole_image_plan_has_a_group_per_structure_that_holds_its_shape_however_the_structures_lie() -> None:
+    """Two structures (labels 1 and 2) with BASE's first and last four POIs, each moved on its own: per
+    structure the shape is rigid (spread at the floor), while one group of all eight would not be."""
+    cases = []
+    for i in range(6):
+        first = _moved(BASE[:4], i) * 0.5 + 80.0
+        second = _moved(BASE[2:], i + 7) * 0.5 + 200.0 + 10.0 * i  # placed independently of the first
+        cases.append(_case(f"c{i}", [300, 300, 300], [1.0, 1.0, 1.0],
+                           [(1, k + 1, p.tolist(), None) for k, p in enumerate(first)]
+                           + [(2, k + 5, p.tolist(), None) for k, p in enumerate(second)],
+                           {1: ([0, 0, 0], [150, 150, 150]), 2: ([150, 150, 150], [300, 300, 300])}))
+    block = poi_block(_fingerprint(cases), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert block["crop_mode"] == WHOLE_IMAGE
+    prior = PoiPlan.from_block(block).shape_prior
+    assert [g.structure for g in prior.groups] == [1, 2]
+    assert prior.group_for(1).channels == (0, 1, 2, 3) and prior.group_for(2).channels == (4, 5, 6, 7)
+    for group, shape in ((prior.group_for(1), BASE[:4]), (prior.group_for(2), BASE[2:])):
+        assert procrustes(shape, group.mean)[2] < 1e-6
+        assert group.spread_mm == pytest.approx([block["heatmap_sigma_mm"]] * 4, abs=0.01)

@@ -27,8 +27,8 @@ Rules (documented here because the evaluator counts what is left out as missing)
   channels of one structure (structure 0, "no structure", is one group), in structure mode all
   channels inside one structure's box. Without a conflict a channel decodes exactly as the
   argmax fit alone; see that module for the rules. Where a conflict stays ambiguous, the plans'
-  shape prior (``shape_prior``: whole-image mode its one group, structure mode the structure's
-  group) decides (:mod:`.prior_assignment`).
+  shape prior (``shape_prior``: whole-image mode its group per structure label, structure mode the
+  structure's group) decides (:mod:`.prior_assignment`).
 * Nothing is dropped silently: :attr:`DecodedPoints.dropped` lists every ``(structure, poi)`` that
   is not written and why (see the reason constants: ``below_min_confidence`` (the fitted height),
   ``ambiguous`` (the height is enough, the ambiguity factor brings it below the minimum),
@@ -208,7 +208,7 @@ def _spatial_box(box: CropBox, one_slice: bool) -> CropBox:
 def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Optional[Sequence[float]],
                     groups: Sequence[np.ndarray], boxes: Optional[Sequence[Optional[CropBox]]] = None,
                     own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS,
-                    prior: Optional[ShapeGroup] = None) -> ChannelPeaks:
+                    priors: Sequence[ShapeGroup] = ()) -> ChannelPeaks:
     """Peaks of ``(C, z, y, x)`` heatmaps with channels of each of ``groups`` assigned to distinct peaks.
 
     ``boxes``: per channel, the box (3 axes, inside the array) its peak must lie in, None for the whole
@@ -240,7 +240,7 @@ def decode_channels(heatmaps: torch.Tensor, amplitude: float, sigma_voxels: Opti
         return ChannelPeaks(np.zeros((0, 3)), empty, empty, empty.astype(bool), empty.astype(bool))
     cands = Candidates.concatenate(parts)
     chosen, factor = assign_peaks(cands, groups, sigma[1:] if one_slice else sigma, own_alternatives,
-                                  same_peak_sigmas, prior)
+                                  same_peak_sigmas, priors)
     slot = np.maximum(chosen, 0)  # a channel whose peaks were all taken keeps its best, with factor 0
     rows = np.arange(n)
     has_peak = cands.valid[:, 0]
@@ -280,10 +280,15 @@ def decode_whole_image(heatmaps: torch.Tensor, layout: ChannelLayout, amplitude:
     groups = [np.nonzero(keys[:, 0] == s)[0] for s in np.unique(keys[:, 0])]
     peaks = decode_channels(heatmaps, amplitude, sigma_voxels, groups, boxes, own_alternatives=True,
                             same_peak_sigmas=same_peak_sigmas,
-                            prior=None if shape_prior is None else shape_prior.group_for(None))
+                            priors=() if shape_prior is None else shape_prior.groups)
     points = peaks.points(keys[:, 0], keys[:, 1], min_confidence)
     points.unbounded = unbounded
     return points
+
+
+def _group_of(shape_prior: Optional[ShapePrior], label: int) -> Tuple[ShapeGroup, ...]:
+    group = None if shape_prior is None else shape_prior.group_for(label)
+    return () if group is None else (group,)
 
 
 def structure_margin(sigma_voxels: Sequence[float],
@@ -331,7 +336,7 @@ def decode_structures(heatmaps: torch.Tensor, segmentation: np.ndarray, layout: 
     for label, box in boxes:
         peaks = decode_channels(heatmaps[(slice(None), *box.slices)], amplitude, sigma_voxels, everyone,
                                 own_alternatives=False, same_peak_sigmas=same_peak_sigmas,
-                                prior=None if shape_prior is None else shape_prior.group_for(label))
+                                priors=_group_of(shape_prior, label))
         peaks.positions = box.from_crop(peaks.positions)
         parts.append(peaks.points(np.full(len(pois), label), pois, min_confidence))
     present = {label for label, _ in boxes}

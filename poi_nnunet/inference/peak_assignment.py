@@ -401,15 +401,16 @@ def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Am
 
 def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequence[float],
                  own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS,
-                 prior: Optional[ShapeGroup] = None) -> Tuple[np.ndarray, np.ndarray]:
+                 priors: Sequence[ShapeGroup] = ()) -> Tuple[np.ndarray, np.ndarray]:
     """Slot chosen for each channel (``NONE``: its peaks were all taken) and its confidence factor.
 
     ``groups``: channel indices that compete (each channel in at most one group; channels in none
     keep slot 0 with factor 1). ``sigma`` per axis of the positions; ``own_alternatives``: whether a
     channel's own other candidates count as alternatives (see the module docstring);
     ``same_peak_sigmas``: how close (in sigmas) candidates of two channels must be to be one peak;
-    ``prior``: the shape prior of the channels' structure group (channel indices as ``cands``'), which
-    re-decides ambiguous components (:mod:`.prior_assignment`; None: the heatmaps alone decide).
+    ``priors``: the shape prior's structure groups (channel indices as ``cands``'); each re-decides the
+    ambiguous components whose channels are all its own (:mod:`.prior_assignment`; none: the heatmaps
+    alone decide).
     """
     c_all = cands.num_channels
     chosen = np.zeros(c_all, dtype=int)
@@ -444,6 +445,9 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
                                                                    scaled[keep], own_alternatives, same_peak_sigmas)
             if unclear is not None:
                 ambiguous.append(unclear)
-    if prior is not None and ambiguous:
-        _decide_with_prior(cands, prior, ambiguous, chosen, factor)
+    for prior in priors:
+        own = set(prior.channels)
+        mine = [a for a in ambiguous if own.issuperset(a.members.tolist())]
+        if mine:
+            _decide_with_prior(cands, prior, mine, chosen, factor)
     return chosen, factor
