@@ -16,6 +16,7 @@ from poi_nnunet.heatmaps import render_gaussian_heatmaps
 from poi_nnunet.plan import PoiPlan
 from trainers.heatmap_variants import VARIANTS
 from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence, peak_holding_beta
+from trainers.heatmap_variants.ds import DeepSupervisedHeatmapLoss
 from trainers.heatmap_variants.scn import SpatialConfiguration, SpatialConfigurationHeatmaps
 from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
 
@@ -242,6 +243,38 @@ def test_spatial_configuration_suppresses_a_peak_its_branch_says_is_wrong() -> N
     torch.testing.assert_close(out[0, 1], local[0, 1])
 
 
+# ----------------------------------------------------------------------------------------------- heatmap_ds
+def test_lower_resolution_targets_move_points_and_sigma_by_the_patch_ratio() -> None:
+    """Full patch 32 x 32, point (10, 20), sigma 3. At 16 x 16 (ratio 1/2): point (4.75, 9.75), sigma 1.5, so
+    voxel (5, 10) holds 10 exp(-(0.25^2 + 0.25^2) / (2 1.5^2)) = 9.727. At 8 x 8 (1/4): point (2.125, 4.625),
+    sigma 0.75 floored to 1: voxel (2, 5) holds 10 exp(-(0.125^2 + 0.375^2) / 2) = 9.248."""
+    plan, layout = whole_image(1, 2, sigma=3.0)
+    loss = DeepSupervisedHeatmapLoss(None, layout, plan, 0, 1.0, min_sigma_voxels=1.0)
+    batch = batch_of(torch.tensor([[[10.0, 20.0]]]), torch.ones(1, 1, dtype=torch.bool), (1.0, 1.0), (32, 32))
+    half, sigma = loss.level_targets(batch, (32, 32), (16, 16))
+    assert sigma == (1.5, 1.5)
+    assert float(half[0, 0, 5, 10]) == pytest.approx(9.727, abs=1e-3)
+    assert float(half[0, 0, 4, 10]) == pytest.approx(8.703, abs=1e-3)  # 10 exp(-(0.75^2 + 0.25^2) / 4.5)
+    quarter, sigma = loss.level_targets(batch, (32, 32), (8, 8))
+    assert sigma == (1.0, 1.0)
+    assert float(quarter[0, 0, 2, 5]) == pytest.approx(9.248, abs=1e-3)
+
+
+def test_deep_supervision_weights_halve_per_level_with_the_lowest_at_zero() -> None:
+    """All-zero predictions at four levels, one whole peak each: 1 at full resolution (the heatmap trainer's
+    term), then 1/2 + 1/4 + 0 from the lower levels."""
+    plan, layout = whole_image(1, 2, sigma=2.0)
+    loss = DeepSupervisedHeatmapLoss(None, layout, plan, 0, 1.0)
+    batch = batch_of(torch.tensor([[[31.5, 31.5]]]), torch.ones(1, 1, dtype=torch.bool), (1.0, 1.0), (64, 64))
+    outputs = [torch.zeros(1, 1, s, s, requires_grad=True) for s in (64, 32, 16, 8)]
+    result = loss(outputs, None, batch)
+    assert result.terms["poi_loss"] == pytest.approx(1.0, abs=1e-3)
+    assert result.terms["poi_loss_ds"] == pytest.approx(0.75, abs=1e-3)
+    assert float(result.total.detach()) == pytest.approx(1.75, abs=2e-3)
+    result.total.backward()
+    assert torch.count_nonzero(outputs[2].grad) > 0 and torch.count_nonzero(outputs[3].grad) == 0
+
+
 # ----------------------------------------------------------------------------------------------- smoke
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
@@ -286,6 +319,8 @@ def test_each_variant_builds_from_the_plans_and_takes_a_training_step(env, name:
     before = [p.detach().clone() for p in trainer.network.parameters()]
     out = trainer.train_step(next(dl_tr))
     assert np.isfinite(out["loss"]) and "poi_loss" in out
+    expected = {"heatmap_coord": "js_loss", "heatmap_sigma": "sigma_voxels", "heatmap_ds": "poi_loss_ds"}
+    assert name not in expected or expected[name] in out  # the variant's own term is in the step
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, trainer.network.parameters()))
     # the network poi_predict rebuilds from the plans takes the trained weights
     rebuilt = type(trainer).build_network_architecture(

@@ -10,6 +10,7 @@ from typing import Dict, Type
 
 from ..heatmap import PoiHeatmapTrainer
 from .coord import PoiHeatmapCoordTrainer
+from .ds import PoiHeatmapDsTrainer
 from .headopt import PoiHeatmapHeadOptTrainer
 from .scn import PoiHeatmapScnTrainer
 from .sigma import PoiHeatmapSigmaTrainer
@@ -19,4 +20,5 @@ VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_headopt": PoiHeatmapHeadOptTrainer,
     "heatmap_sigma": PoiHeatmapSigmaTrainer,
     "heatmap_scn": PoiHeatmapScnTrainer,
+    "heatmap_ds": PoiHeatmapDsTrainer,
 }
