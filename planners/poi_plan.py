@@ -19,7 +19,7 @@ from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 
 from .cleaning import MIN_VOXEL_DIAGONALS
 
-POI_BLOCK_VERSION = 3  # 3: shape_prior
+POI_BLOCK_VERSION = 4  # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
 CROP_PERCENTILE = 95
@@ -187,7 +187,9 @@ def shape_groups(fingerprint: Dict[str, Any], mode: str,
 def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
                 spacing: Sequence[float], sigma_mm: float, flagged: set) -> Optional[ShapePrior]:
     """Procrustes mean shape and per-POI spread of each structure group (:func:`shape_groups`; the maths
-    in :mod:`poi_nnunet.shape_prior`), in the configuration's axes.
+    in :mod:`poi_nnunet.shape_prior`), in the configuration's axes: the mean in the training cases' mean
+    orientation, the spread after fitting by translation and scale (it includes their rotations), since
+    the orientation is what names the POIs of a symmetric shape.
 
     A spread is at least the heatmap sigma (a rigid phantom would otherwise give 0 and make any decoding
     noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them; None where

@@ -1,33 +1,49 @@
 """Shape prior: how the training POIs of one structure group lie relative to each other.
 
 Decoding uses it where the heatmaps leave an assignment of channels to peaks ambiguous (two
-channels with the same two peaks, several channels claiming one corner): the assignment whose
-configuration looks like the training cases wins (:mod:`poi_nnunet.inference.prior_assignment`).
+channels with the same two peaks, several channels claiming every corner of a polygon alike):
+the assignment whose configuration looks like the training cases wins
+(:mod:`poi_nnunet.inference.prior_assignment`).
+
+The prior keeps the orientation. Medical images are acquired in a standardised orientation (the
+patient's axes are the image's, up to a few tens of degrees), and that orientation is exactly what
+names the corners of a symmetric shape: a square's four corners are told apart by which one is
+top left, not by their distances. A fit with free rotation would fit a square relabelled by 90
+degrees as well as the right one, so decoding fits the mean shape onto the points by translation
+and isotropic scale only, and the spread absorbs the pose variation of the training set.
 
 * **Planning** (:func:`procrustes_mean`): a generalized Procrustes analysis with similarity
-  transforms (scale, rotation, translation; no reflection) of the training cases' POIs in mm. A
-  case missing some POIs is aligned on the ones it has; the mean's scale and orientation are those
-  of the case with the most POIs (each new mean is fitted back onto the previous one, so they do
-  not drift). The spread of a POI is the RMS length of its residual vector after alignment (mm).
+  transforms (scale, rotation, translation; no reflection) of the training cases' POIs in mm finds the
+  shape robustly. A case missing some POIs is aligned on the ones it has; the scale is that of the
+  case with the most POIs (each new mean is fitted back onto the previous one, so it does not drift).
+  The mean is then turned into the cases' mean orientation (the rotations that carry it onto the
+  cases, averaged: :func:`mean_rotation`), and the spread of a POI is the RMS length of its residual
+  vector after fitting each case onto that mean by translation and scale alone (mm), so it holds the
+  training set's rotations as well as its shape variation.
 * **Decoding** (:meth:`ShapeGroup.log_likelihood`): the mean shape is fitted onto the points at
-  hand (similarity, least squares); a point's residual ``r`` (mm) scores ``-D / 2 * (r / (s *
-  spread))^2`` (``D`` axes, ``s`` the fit's scale): an isotropic Gaussian whose per-axis standard
-  deviation is ``spread / sqrt(D)``, so the training residuals score about ``-D / 2`` each.
+  hand by translation and isotropic scale (:func:`scale_shift_fit`, least squares weighted by
+  ``1 / spread^2``, scale kept positive: a half turn is no fit); a point's residual ``r`` (mm) scores
+  ``-D / 2 * (r / (s * spread))^2`` (``D`` axes, ``s`` the fit's scale): an isotropic Gaussian whose
+  per-axis standard deviation is ``spread / sqrt(D)``, so the training residuals score about ``-D / 2``
+  each.
 
 The plans hold the prior as ``poi.shape_prior`` (see :meth:`ShapePrior.to_block`), in the
-configuration's axes; the typed plan (:class:`~poi_nnunet.plan.PoiPlan`) reads it, and plans
-without it have none (decoding then does without).
+configuration's axes, marked ``"fit": "translation_scale"``; a block without that mark was planned
+for a rotating fit (its mean has the reference case's orientation and its spread lacks the rotations)
+and loads as no prior, so such plans decode as they did before (by the heatmaps alone).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 PROCRUSTES_ITERATIONS = 10
 PROCRUSTES_TOLERANCE_MM = 1e-4
 BLOCK_DECIMALS = 2  # 0.01 mm
+FIT = "translation_scale"  # the block's mark: fitted without rotation (older blocks load as no prior)
+MIN_FIT_SCALE = 1e-3  # a configuration that only a half turn would fit gets this scale, and a huge penalty
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,58 @@ def similarity_fit(source: np.ndarray, target: np.ndarray) -> Similarity:
     return Similarity(scale, rotation, mu_t - scale * rotation @ mu_s)
 
 
+@dataclass(frozen=True)
+class ScaleShift:
+    """``x -> scale * x + translation`` for points ``(N, D)``: a fit that keeps the orientation."""
+
+    scale: float
+    translation: np.ndarray  # (D,)
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(points, dtype=np.float64) + self.translation
+
+
+def scale_shift_fit(source: np.ndarray, target: np.ndarray, weights: Optional[np.ndarray] = None) -> ScaleShift:
+    """The translation and isotropic scale that map ``source`` ``(N, D)`` onto ``target`` ``(N, D)`` best in
+    (``weights`` ``(N,)``-weighted) least squares; see :func:`scale_shift_fit_batch`."""
+    scale, translation = scale_shift_fit_batch(np.asarray(source, dtype=np.float64)[None],
+                                               np.asarray(target, dtype=np.float64)[None],
+                                               None if weights is None else np.asarray(weights, dtype=np.float64)[None])
+    return ScaleShift(float(scale[0]), translation[0])
+
+
+def scale_shift_fit_batch(source: np.ndarray, target: np.ndarray,
+                          weights: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Scale ``(A,)`` and translation ``(A, D)`` of A fits of ``source`` ``(A, N, D)`` onto ``target``
+    ``(A, N, D)``, point ``n`` of fit ``a`` weighted ``weights[a, n]`` (0: left out; default 1).
+
+    Closed form: weighted centroids ``mu``, ``scale = sum w (s - mu_s).(t - mu_t) / sum w |s - mu_s|^2``.
+    The scale is kept at least :data:`MIN_FIT_SCALE`: a negative one would turn the shape by half a turn
+    (the very relabelling the orientation must tell apart). Coincident source points give scale 1.
+    """
+    if weights is None:
+        weights = np.ones(source.shape[:2])
+    w = weights / np.maximum(weights.sum(1, keepdims=True), 1e-300)
+    mu_s = (w[..., None] * source).sum(1)
+    mu_t = (w[..., None] * target).sum(1)
+    a, b = source - mu_s[:, None], target - mu_t[:, None]
+    variance = (w * (a**2).sum(-1)).sum(1)
+    covariance = (w * (a * b).sum(-1)).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(variance > 0, np.maximum(covariance / variance, MIN_FIT_SCALE), 1.0)
+    return scale, mu_t - scale[:, None] * mu_s
+
+
+def mean_rotation(rotations: np.ndarray) -> np.ndarray:
+    """The rotation ``(D, D)`` nearest (Frobenius) to the mean of ``rotations`` ``(N, D, D)``: in 2D the
+    turn by the angle of the mean of the unit vectors ``(cos, sin)`` of the angles (their circular mean)."""
+    u, _, vt = np.linalg.svd(np.asarray(rotations, dtype=np.float64).mean(0))
+    flip = np.ones(u.shape[0])
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        flip[-1] = -1.0
+    return (u * flip) @ vt
+
+
 def _mean_of_present(shapes: np.ndarray) -> np.ndarray:
     """Per POI, the mean over the shapes ``(N, P, D)`` that have it (NaN where none has)."""
     present = np.isfinite(shapes).all(-1)
@@ -70,24 +138,42 @@ def _mean_of_present(shapes: np.ndarray) -> np.ndarray:
         return np.where(count[:, None] > 0, total / count[:, None], np.nan)
 
 
-def _aligned(shapes: np.ndarray, mean: np.ndarray, min_points: int) -> np.ndarray:
-    """Each shape fitted onto ``mean`` on the POIs both have (NaN: missing, or too few in common)."""
+Fit = Callable[[np.ndarray, np.ndarray], Any]  # (source, target) -> something with .apply(points)
+
+
+def _aligned(shapes: np.ndarray, mean: np.ndarray, min_points: int, fit: Fit = similarity_fit) -> np.ndarray:
+    """Each shape fitted onto ``mean`` by ``fit`` on the POIs both have (NaN: missing, or too few in common)."""
     out = np.full_like(shapes, np.nan)
     known = np.isfinite(mean).all(-1)
     for i, shape in enumerate(shapes):
         present = np.isfinite(shape).all(-1)
         common = present & known
         if common.sum() >= min_points:
-            out[i, present] = similarity_fit(shape[common], mean[common]).apply(shape[present])
+            out[i, present] = fit(shape[common], mean[common]).apply(shape[present])
     return out
 
 
-def procrustes_mean(shapes: np.ndarray, iterations: int = PROCRUSTES_ITERATIONS) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Generalized Procrustes mean of ``shapes`` ``(N, P, D)`` (mm, NaN for a missing POI).
+def _case_rotations(shapes: np.ndarray, mean: np.ndarray, min_points: int) -> np.ndarray:
+    """``(M, D, D)``: for each case sharing ``min_points`` POIs with ``mean``, the rotation ``Q`` of the
+    similarity that carries ``mean`` onto it (as row vectors, ``case ~ s * mean @ Q + t``)."""
+    known = np.isfinite(mean).all(-1)
+    out = []
+    for shape in shapes:
+        common = np.isfinite(shape).all(-1) & known
+        if common.sum() >= min_points:
+            out.append(similarity_fit(mean[common], shape[common]).rotation.T)
+    return np.array(out).reshape(-1, mean.shape[1], mean.shape[1])
 
-    Returns the mean ``(P, D)`` (centred on the origin), the spread ``(P,)`` (RMS residual length in mm
-    after fitting each case onto the mean) and how many cases have each POI ``(P,)``. A case shares at
-    least ``D + 1`` POIs with the mean or is left out; a POI no case used has NaN mean and spread.
+
+def procrustes_mean(shapes: np.ndarray, iterations: int = PROCRUSTES_ITERATIONS) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Generalized Procrustes mean of ``shapes`` ``(N, P, D)`` (mm, NaN for a missing POI), in the cases'
+    mean orientation (see the module docstring).
+
+    Returns the mean ``(P, D)`` (centred on the origin, turned by :func:`mean_rotation` of the cases'
+    rotations), the spread ``(P,)`` (RMS residual length in mm after fitting each case onto the mean by
+    translation and scale: rotations of the cases count as spread) and how many cases have each POI
+    ``(P,)``. A case shares at least ``D + 1`` POIs with the mean or is left out; a POI no case used has
+    NaN mean and spread.
     """
     shapes = np.asarray(shapes, dtype=np.float64)
     n, p, d = shapes.shape
@@ -105,7 +191,10 @@ def procrustes_mean(shapes: np.ndarray, iterations: int = PROCRUSTES_ITERATIONS)
         if change < PROCRUSTES_TOLERANCE_MM:
             break
     mean = mean - np.nanmean(mean, axis=0)
-    aligned = _aligned(shapes, mean, d + 1)
+    rotations = _case_rotations(shapes, mean, d + 1)
+    if len(rotations):
+        mean = mean @ mean_rotation(rotations)  # rows: the mean shape as the cases lie on average
+    aligned = _aligned(shapes, mean, d + 1, fit=scale_shift_fit)
     used = np.isfinite(aligned).all(-1)
     squared = np.where(used, ((aligned - mean) ** 2).sum(-1), 0.0)
     count = used.sum(0)
@@ -145,13 +234,23 @@ class ShapeGroup:
 
     def log_likelihood(self, points_mm: np.ndarray) -> float:
         """Gaussian log-likelihood of ``points_mm`` ``(P, D)`` (NaN: not placed), with the mean fitted on
-        the placed points (see the module docstring; the constant terms are left out)."""
-        placed = np.isfinite(points_mm).all(-1)
-        mean = self.mean[placed]
-        fit = similarity_fit(mean, points_mm[placed])
-        residual = np.linalg.norm(fit.apply(mean) - points_mm[placed], axis=1)
-        spread = max(fit.scale, 1e-9) * np.asarray(self.spread_mm)[placed]
-        return float(-0.5 * self.dim * ((residual / spread) ** 2).sum())
+        the placed points by translation and scale (see the module docstring; the constant terms are
+        left out)."""
+        return float(self.log_likelihoods(np.asarray(points_mm, dtype=np.float64)[None])[0])
+
+    def log_likelihoods(self, points_mm: np.ndarray) -> np.ndarray:
+        """:meth:`log_likelihood` of each of A configurations ``points_mm`` ``(A, P, D)`` at once ``(A,)``;
+        a configuration with fewer than two placed points scores 0 (nothing to fit a scale on)."""
+        placed = np.isfinite(points_mm).all(-1)  # (A, P)
+        spread = np.asarray(self.spread_mm, dtype=np.float64)  # (P,)
+        weights = np.where(placed, 1.0 / spread**2, 0.0)
+        mean = np.broadcast_to(self.mean, points_mm.shape)
+        target = np.where(placed[..., None], points_mm, 0.0)
+        scale, shift = scale_shift_fit_batch(mean, target, weights)
+        residual = np.linalg.norm(scale[:, None, None] * mean + shift[:, None] - target, axis=-1)
+        z = residual / (scale[:, None] * spread)
+        total = -0.5 * self.dim * np.where(placed, z**2, 0.0).sum(1)
+        return np.where(placed.sum(1) >= 2, total, 0.0)
 
     def to_block(self) -> Dict[str, Any]:
         return {"structure": self.structure, "channels": list(self.channels),
@@ -174,12 +273,14 @@ class ShapePrior:
         return None
 
     def to_block(self) -> Dict[str, Any]:
-        return {"spacing_mm": [float(v) for v in self.spacing_mm], "groups": [g.to_block() for g in self.groups]}
+        return {"fit": FIT, "spacing_mm": [float(v) for v in self.spacing_mm],
+                "groups": [g.to_block() for g in self.groups]}
 
     @classmethod
     def from_block(cls, block: Optional[Mapping[str, Any]]) -> Optional["ShapePrior"]:
-        """The prior of a ``shape_prior`` block; None for plans that have none."""
-        if not block:
+        """The prior of a ``shape_prior`` block; None for plans that have none, and for blocks planned for
+        the rotating fit (no ``"fit": "translation_scale"``; see the module docstring)."""
+        if not block or block.get("fit") != FIT:
             return None
         spacing = tuple(float(v) for v in block["spacing_mm"])
         groups: List[ShapeGroup] = []

@@ -3,7 +3,7 @@ confidence lowered by ambiguity, whole-image channels bounded to their structure
 not written reported with its reason. Hand-made heatmaps, hand-computed positions and confidences."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -365,15 +365,19 @@ def test_dense_landmarks_keep_their_own_peaks_under_the_plans_same_peak_radius()
 SHAPE = {1: (8.3, 9.1), 2: (9.2, 38.7), 3: (38.6, 39.4), 4: (39.3, 8.8), 5: (20.4, 24.1), 6: (29.7, 15.2)}
 
 
+def _turn(degrees: float) -> np.ndarray:
+    """``(2, 2)``: a turn by ``degrees`` in the (y, x) plane."""
+    angle = np.deg2rad(degrees)
+    return np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+
 def _prior(places: Dict[int, Tuple[float, float]] = SHAPE, spread: float = 1.5):
-    """A shape prior whose mean is ``places`` rotated by 30 degrees, scaled by 1.3 and moved (the decoder
-    must fit it back onto the image): channel ``k - 1`` is POI ``k``."""
+    """A shape prior whose mean is ``places`` scaled by 1.3 and moved, in the image's orientation (the
+    decoder must fit it back onto the image by translation and scale): channel ``k - 1`` is POI ``k``."""
     from poi_nnunet.shape_prior import ShapePrior
 
-    angle = np.deg2rad(30.0)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    mean = 1.3 * np.array([places[k] for k in sorted(places)]) @ rotation.T + (100.0, -40.0)
-    return ShapePrior.from_block({"spacing_mm": [1.0, 1.0], "groups": [
+    mean = 1.3 * np.array([places[k] for k in sorted(places)]) + (100.0, -40.0)
+    return ShapePrior.from_block({"fit": "translation_scale", "spacing_mm": [1.0, 1.0], "groups": [
         {"structure": None, "channels": [k - 1 for k in sorted(places)], "mean_mm": mean.tolist(),
          "spread_mm": [spread] * len(places)}]})
 
@@ -387,7 +391,7 @@ def _pair_maps(own: float, other: float) -> torch.Tensor:
 
 def test_a_shape_prior_flips_a_swapped_pair_back() -> None:
     """The heatmaps prefer the swap slightly (10 on the other's place, 9.6 on its own): alone they assign it
-    with factor (20 - 19.2) / (0.5 * 10) = 0.16. The prior (the true shape, moved, turned and scaled) puts
+    with factor (20 - 19.2) / (0.5 * 10) = 0.16. The prior (the true shape, moved and scaled) puts
     5 and 6 back on their own places; the swap misplaces two points by 13 mm, 8.7 spreads, so the margin
     dwarfs log 2 and the confidence is the fitted height alone (9.6 / 10)."""
     layout = _layout([(0, k) for k in sorted(SHAPE)])
@@ -428,13 +432,125 @@ def test_a_wrong_prior_never_overrides_clear_peaks() -> None:
     assert np.array_equal(alone.positions, prior.positions) and np.array_equal(alone.confidence, prior.confidence)
 
 
-def test_a_prior_with_too_few_anchors_leaves_the_heatmap_decision() -> None:
-    """Only two clearly placed channels (2D needs three anchors): the swap stands as without a prior."""
-    places = {k: SHAPE[k] for k in (1, 2, 5, 6)}
+def test_a_prior_with_too_few_points_leaves_the_heatmap_decision() -> None:
+    """A swapped pair and no other channel: two points (2D translation and scale take three degrees of
+    freedom, the prior asks for three points): the swap stands as without a prior, bit for bit."""
+    layout = _layout([(0, 5), (0, 6)])
+    maps = _maps([[(SHAPE[5], 9.6), (SHAPE[6], 10.0)], [(SHAPE[6], 9.6), (SHAPE[5], 10.0)]])
+    alone = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0)
+    prior = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0,
+                               shape_prior=_prior({1: SHAPE[5], 2: SHAPE[6]}))
+    assert np.array_equal(alone.positions, prior.positions) and np.array_equal(alone.confidence, prior.confidence)
+
+
+def test_two_anchors_and_a_swapped_pair_are_enough_now() -> None:
+    """Two clearly placed channels and a swapped pair: four points, enough for the translation-and-scale
+    fit (the rotating fit asked for three anchors and left the swap): the pair flips back."""
     layout = _layout([(0, k) for k in (1, 2, 5, 6)])
     maps = _maps([[(SHAPE[1], 10.0)], [(SHAPE[2], 10.0)],
                   [(SHAPE[5], 9.6), (SHAPE[6], 10.0)], [(SHAPE[6], 9.6), (SHAPE[5], 10.0)]])
-    alone = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0)
-    prior = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0,
-                               shape_prior=_prior({1: places[1], 2: places[2], 3: places[5], 4: places[6]}))
-    assert np.array_equal(alone.positions, prior.positions) and np.array_equal(alone.confidence, prior.confidence)
+    prior = _by_key(decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0,
+                                       shape_prior=_prior({1: SHAPE[1], 2: SHAPE[2], 3: SHAPE[5], 4: SHAPE[6]})))
+    for k in (1, 2, 5, 6):
+        assert _near(prior[(0, k)][0], SHAPE[k]), k
+
+
+# A near-square and a pentagon (2D, 1 mm pixels, (y, x)), each corner its own channel; the network knows
+# "a corner", not "which": every channel has a peak on every corner.
+SQUARE = np.array([[11.2, 12.1], [11.9, 35.3], [35.6, 36.2], [34.8, 11.4]])
+PENTAGON = 24.0 + 13.0 * np.stack([-np.cos(np.deg2rad(72.0 * np.arange(5))),
+                                   np.sin(np.deg2rad(72.0 * np.arange(5)))], axis=1)
+
+
+def _corners(shape: np.ndarray, degrees: float) -> List[Tuple[float, float]]:
+    """``shape``'s corners turned by ``degrees`` about its centroid."""
+    centre = shape.mean(0)
+    return [tuple(p) for p in (shape - centre) @ _turn(degrees).T + centre]
+
+
+def _polygon_prior(shape: np.ndarray, spread: float = 2.0):
+    """Mean: ``shape`` in the image's orientation (scaled by 1.1, moved), ~2 mm spread; channel k is corner k."""
+    return _prior({k + 1: tuple(p) for k, p in enumerate(1.1 * shape - 7.0)}, spread=spread)
+
+
+def _every_corner(corners: Sequence[Tuple[float, float]], lowest: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """One channel per corner, each with a peak of 10 on every corner; with ``lowest``, channel k's peak on
+    corner ``lowest[k]`` is only 7 (a fifth peak the four candidates per channel leave out)."""
+    return _maps([[(p, 7.0 if lowest is not None and j == lowest[k] else 10.0) for j, p in enumerate(corners)]
+                  for k in range(len(corners))])
+
+
+@pytest.mark.parametrize("degrees", [0.0, 20.0, -20.0])
+def test_a_prior_names_the_corners_of_a_square_without_any_anchor(degrees: float) -> None:
+    """Four channels with equal peaks on all four corners of a near-square: alone, any assignment is a coin
+    flip and all four are dropped as ambiguous. With the prior (the square in the image's orientation) each
+    channel gets its own corner, turned by up to 20 degrees as well: a relabelling by a quarter turn would
+    need a rotation the fit does not have, and a swap of two corners misplaces them by about 24 mm (12
+    spreads), so every margin is far above log 2 and the confidence is the fitted height (1)."""
+    corners = _corners(SQUARE, degrees)
+    layout = _layout([(0, k) for k in range(1, 5)])
+    maps = _every_corner(corners)
+    alone = decode_whole_image(maps, layout, AMPLITUDE)
+    assert len(alone) == 0 and set(_reasons(alone).values()) == {AMBIGUOUS}
+    decoded = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_polygon_prior(SQUARE)))
+    assert sorted(decoded) == [(0, k) for k in range(1, 5)]
+    for k in range(1, 5):
+        assert _near(decoded[(0, k)][0], corners[k - 1]), (k, decoded[(0, k)][0])
+        assert decoded[(0, k)][1] == pytest.approx(1.0, abs=TOL_CONFIDENCE)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 20.0])
+def test_a_prior_names_the_corners_of_a_pentagon_without_any_anchor(degrees: float) -> None:
+    """Five channels, each with equal peaks on four corners (its own among them) and a lower one on the
+    corner two ahead: 5 x 5 assignments, 120 permutations of the full ones tried. Alone all are dropped as
+    ambiguous; with the prior each gets its own corner with confidence 1."""
+    corners = _corners(PENTAGON, degrees)
+    layout = _layout([(0, k) for k in range(1, 6)])
+    maps = _every_corner(corners, lowest=[(k + 2) % 5 for k in range(5)])
+    alone = decode_whole_image(maps, layout, AMPLITUDE)
+    assert len(alone) == 0 and set(_reasons(alone).values()) == {AMBIGUOUS}
+    decoded = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_polygon_prior(PENTAGON)))
+    assert sorted(decoded) == [(0, k) for k in range(1, 6)]
+    for k in range(1, 6):
+        assert _near(decoded[(0, k)][0], corners[k - 1]), (k, decoded[(0, k)][0])
+        assert decoded[(0, k)][1] == pytest.approx(1.0, abs=TOL_CONFIDENCE)
+
+
+def test_a_prior_turned_by_a_quarter_turn_relabels_the_square() -> None:
+    """The same maps, a prior whose corner k is the image's corner k + 1: the decoder follows the prior's
+    orientation (corner k goes to channel k - 1), which shows it is the orientation that names them."""
+    layout = _layout([(0, k) for k in range(1, 5)])
+    maps = _every_corner([tuple(p) for p in SQUARE])
+    decoded = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_polygon_prior(np.roll(SQUARE, -1, 0))))
+    for k in range(1, 5):
+        assert _near(decoded[(0, k)][0], tuple(SQUARE[k % 4])), k
+
+
+def test_two_ambiguous_pairs_of_one_group_are_decided_jointly() -> None:
+    """Channels 1 and 2 each see corners 1 and 2 alike, channels 3 and 4 corners 3 and 4: two components of
+    two points each, neither enough alone (three points needed); together four points, and the four joint
+    assignments (2 x 2) are scored at once: every channel gets its own corner, with confidence 1."""
+    corners = [tuple(p) for p in SQUARE]
+    layout = _layout([(0, k) for k in range(1, 5)])
+    maps = _maps([[(corners[0], 10.0), (corners[1], 10.0)]] * 2 + [[(corners[2], 10.0), (corners[3], 10.0)]] * 2)
+    alone = decode_whole_image(maps, layout, AMPLITUDE)
+    assert len(alone) == 0
+    decoded = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_polygon_prior(SQUARE)))
+    for k in range(1, 5):
+        assert _near(decoded[(0, k)][0], corners[k - 1]), k
+        assert decoded[(0, k)][1] == pytest.approx(1.0, abs=TOL_CONFIDENCE)
+
+
+def test_above_the_cap_a_local_search_from_the_heatmap_solution_finds_the_corners(monkeypatch) -> None:
+    """With the enumeration cap at 1 the square's 24 permutations are not listed: the search moves from the
+    heatmap's (arbitrary) solution by single swaps while the combined score improves, and ends on the
+    right corners."""
+    from poi_nnunet.inference import prior_assignment
+
+    monkeypatch.setattr(prior_assignment, "MAX_ASSIGNMENTS", 1)
+    corners = _corners(SQUARE, 10.0)
+    layout = _layout([(0, k) for k in range(1, 5)])
+    decoded = _by_key(decode_whole_image(_every_corner(corners), layout, AMPLITUDE,
+                                         shape_prior=_polygon_prior(SQUARE)))
+    for k in range(1, 5):
+        assert _near(decoded[(0, k)][0], corners[k - 1]), k

@@ -1,5 +1,6 @@
 """The shape prior (issue 10): the Procrustes mean and spread of the training POIs, planned per structure
-group into the plans and read back through the typed plan. References: the generating shapes, scipy's
+group into the plans and read back through the typed plan. The mean keeps the cases' mean orientation and
+the spread is measured after translation and scale alone. References: the generating shapes, scipy's
 Procrustes disparity, and spreads worked out by hand."""
 from __future__ import annotations
 
@@ -12,30 +13,67 @@ from scipy.spatial.transform import Rotation
 
 from planners.poi_plan import POI_BLOCK_VERSION, poi_block
 from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE, PoiPlan
-from poi_nnunet.shape_prior import procrustes_mean
+from poi_nnunet.shape_prior import procrustes_mean, scale_shift_fit
 from tests.test_plan_rules import _case, _config, _fingerprint
 
 BASE = np.array([[0.0, 0.0, 0.0], [40.0, 5.0, -3.0], [12.0, 35.0, 4.0], [-8.0, 20.0, 30.0],
                  [25.0, -15.0, 18.0], [5.0, 10.0, -22.0]])
 
 
-def _moved(shape: np.ndarray, seed: int) -> np.ndarray:
-    """``shape`` turned, scaled (0.7-1.4) and moved at random."""
+def _moved(shape: np.ndarray, seed: int, turned: bool = False) -> np.ndarray:
+    """``shape`` scaled (0.7-1.4) and moved at random (and, ``turned``, turned at random)."""
     rng = np.random.default_rng(seed)
-    rotation = Rotation.random(random_state=seed).as_matrix()
+    rotation = Rotation.random(random_state=seed).as_matrix() if turned else np.eye(3)
     return rng.uniform(0.7, 1.4) * shape @ rotation.T + rng.normal(scale=50.0, size=3)
 
 
-def test_procrustes_mean_of_similar_shapes_is_the_shape_with_no_spread() -> None:
+def _scale_shift_residual(source: np.ndarray, target: np.ndarray) -> float:
+    """Largest residual (mm) of ``source`` fitted onto ``target`` by translation and scale: 0 where they
+    are one shape in one orientation."""
+    return float(np.abs(scale_shift_fit(source, target).apply(source) - target).max())
+
+
+def test_procrustes_mean_of_scaled_and_moved_shapes_is_the_shape_with_no_spread() -> None:
     shapes = np.stack([_moved(BASE, seed) for seed in range(8)])
     shapes[2, 1] = np.nan  # cases missing a POI are aligned on the others
     shapes[5, 4] = np.nan
     mean, spread, count = procrustes_mean(shapes)
-    _, _, disparity = procrustes(BASE, mean)  # scipy: standardised squared distance after the best similarity
-    assert disparity < 1e-20
+    assert _scale_shift_residual(BASE, mean) < 1e-9  # the shape, in its orientation
     np.testing.assert_allclose(spread, 0.0, atol=1e-9)
     assert count.tolist() == [8, 7, 8, 8, 7, 8]
     np.testing.assert_allclose(mean.mean(0), 0.0, atol=1e-9)  # centred
+
+
+def test_procrustes_mean_of_freely_turned_shapes_is_still_the_shape() -> None:
+    """Turned at random in 3D: the similarity analysis still finds the shape (scipy's disparity), and the
+    rotations, kept out of the fit, are spread."""
+    shapes = np.stack([_moved(BASE, seed, turned=True) for seed in range(8)])
+    mean, spread, _ = procrustes_mean(shapes)
+    assert procrustes(BASE, mean)[2] < 1e-20  # scipy: standardised squared distance after the best similarity
+    assert spread.min() > 1.0
+
+
+def _turned_2d(shape: np.ndarray, degrees: float) -> np.ndarray:
+    angle = np.deg2rad(degrees)
+    return shape @ np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]).T
+
+
+PENTAGON_2D = np.array([[-20.0, -10.0], [15.0, -12.0], [18.0, 14.0], [-16.0, 11.0], [2.0, 25.0]])
+
+
+@pytest.mark.parametrize("angles", [(0.0, 10.0, 20.0, 30.0, 40.0), (-25.0, -12.5, 0.0, 12.5, 25.0)])
+def test_procrustes_mean_is_in_the_mean_orientation_and_the_spread_holds_the_turns(angles) -> None:
+    """Rigid 2D cases turned by ``angles``: the mean is the shape turned by the angles' mean (20 and 0
+    degrees). Fitting a case turned by ``t`` from it by translation and scale gives scale ``cos t`` and the
+    residual ``|x| |sin t|`` for a POI ``x`` from the centroid, so the spread is ``|x| * sqrt(mean sin^2 t)``."""
+    centred = PENTAGON_2D - PENTAGON_2D.mean(0)
+    shapes = np.stack([_turned_2d(centred, a) + (40.0 + 3 * i, -7.0 * i) for i, a in enumerate(angles)])
+    mean, spread, _ = procrustes_mean(shapes)
+    turn = float(np.mean(angles))
+    np.testing.assert_allclose(mean, _turned_2d(centred, turn), atol=1e-9)  # the first case's scale
+    relative = np.deg2rad(np.asarray(angles) - turn)
+    np.testing.assert_allclose(spread, np.linalg.norm(centred, axis=1) * np.sqrt(np.mean(np.sin(relative) ** 2)),
+                               rtol=1e-9)
 
 
 def test_procrustes_spread_of_one_wobbling_point_matches_the_hand_computed_residuals() -> None:
@@ -65,13 +103,14 @@ def _whole_image_cases(n: int) -> List[dict]:
 
 def test_whole_image_plan_of_one_structure_has_one_group_with_the_shape_and_the_sigma_floor_as_spread() -> None:
     block = poi_block(_fingerprint(_whole_image_cases(6)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
-    assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION == 3
+    assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION == 4
     prior = PoiPlan.from_block(block).shape_prior
     assert prior is not None and len(prior.groups) == 1
     group = prior.group_for(0)  # the structure label of a landmark-only dataset
     assert group.channels == (0, 1, 2, 3, 4, 5) and group.spacing_mm == (1.0, 1.0, 1.0)
     _, _, disparity = procrustes(BASE, group.mean)
     assert disparity < 1e-6  # up to the 0.01 mm rounding of the block (about 1e-7 on this ~20 mm shape)
+    assert _scale_shift_residual(BASE, group.mean) < 0.01  # and in BASE's orientation
     assert group.spread_mm == pytest.approx([block["heatmap_sigma_mm"]] * 6, abs=0.01)  # a rigid shape: the floor
     assert all(round(v, 2) == v for row in block["shape_prior"]["groups"][0]["mean_mm"] for v in row)
 
@@ -116,12 +155,16 @@ def test_structure_mode_plans_one_group_per_structure_without_flagged_points() -
 
 def test_plans_without_a_shape_prior_still_load_and_have_none() -> None:
     """A version-2 block (planned before the prior) loads; decoding then goes by the heatmaps alone (the
-    decoding tests without ``shape_prior`` are that behaviour)."""
+    decoding tests without ``shape_prior`` are that behaviour). A version-3 block's prior (planned for the
+    rotating fit, no ``fit`` mark) loads as none too, so those plans decode as they did."""
     block = poi_block(_fingerprint(_whole_image_cases(3)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
     old = {k: v for k, v in block.items() if k != "shape_prior"}
     old["version"] = 2
     assert PoiPlan.from_block(old).shape_prior is None
+    assert block["shape_prior"]["fit"] == "translation_scale"
     assert PoiPlan.from_block(block).shape_prior is not None
+    rotating = {**block, "version": 3, "shape_prior": {k: v for k, v in block["shape_prior"].items() if k != "fit"}}
+    assert PoiPlan.from_block(rotating).shape_prior is None
 
 
 def test_whole_image_plan_has_a_group_per_structure_that_holds_its_shape_however_the_structures_lie() -> None:
@@ -143,3 +186,37 @@ def test_whole_image_plan_has_a_group_per_structure_that_holds_its_shape_however
     for group, shape in ((prior.group_for(1), BASE[:4]), (prior.group_for(2), BASE[2:])):
         assert procrustes(shape, group.mean)[2] < 1e-6
         assert group.spread_mm == pytest.approx([block["heatmap_sigma_mm"]] * 4, abs=0.01)
+
+
+def _turned_cases(angles) -> List[dict]:
+    """BASE turned about the z axis by each of ``angles`` (degrees), one landmark-only case each."""
+    cases = []
+    for i, degrees in enumerate(angles):
+        points = BASE @ Rotation.from_euler("z", degrees, degrees=True).as_matrix().T + 150.0
+        cases.append(_case(f"t{i}", [300, 300, 300], [1.0, 1.0, 1.0],
+                           [(0, k + 1, p.tolist(), None) for k, p in enumerate(points)],
+                           {0: ([0, 0, 0], [300, 300, 300])}))
+    return cases
+
+
+def test_planned_prior_is_in_the_mean_orientation_and_spreads_with_the_rotation_range() -> None:
+    """Training cases turned about z within +-25 degrees (mean 0) and within 5-25 degrees (mean 15): the planned
+    mean is BASE turned by the mean angle (nothing left after translation and scale), and the spread grows
+    with the range of the turns (+-5 degrees: the sigma floor everywhere; +-25: above it for the POIs far
+    from the axis)."""
+    config = _config([1.0, 1.0, 1.0], [64, 64, 64])
+
+    def planned(angles):
+        block = poi_block(_fingerprint(_turned_cases(angles)), config, (0, 1, 2), {}, [], {})
+        return PoiPlan.from_block(block).shape_prior.group_for(0), block["heatmap_sigma_mm"]
+
+    for angles, mean_angle in (((-25.0, -10.0, 0.0, 10.0, 25.0), 0.0), ((5.0, 10.0, 15.0, 20.0, 25.0), 15.0)):
+        group, _ = planned(angles)
+        expected = BASE @ Rotation.from_euler("z", mean_angle, degrees=True).as_matrix().T
+        assert _scale_shift_residual(expected, group.mean) < 0.02  # the block's 0.01 mm rounding
+        assert _scale_shift_residual(BASE, group.mean) > 1.0 or mean_angle == 0.0
+    narrow, sigma = planned((-5.0, -2.5, 0.0, 2.5, 5.0))
+    wide, _ = planned((-25.0, -12.5, 0.0, 12.5, 25.0))
+    assert narrow.spread_mm == pytest.approx([sigma] * 6, abs=0.01)
+    assert max(wide.spread_mm) > sigma + 1.0
+    assert all(w >= n for w, n in zip(wide.spread_mm, narrow.spread_mm))

@@ -41,9 +41,11 @@ Rules:
   every channel), so only the other channels' claims count there.
 * **Shape prior**: where a component's assignment is ambiguous (some factor below 1) and the plans
   have a shape prior for the channels' structure group, :mod:`.prior_assignment` re-decides it by
-  heatmap score plus the prior's log-likelihood of the resulting configuration (anchored on the
-  group's unambiguous channels), and the factor becomes the margin in that combined score. Without a
-  prior, without enough anchors, or for a channel that shares no peak with another, nothing changes.
+  heatmap score plus the prior's log-likelihood of the resulting configuration (the mean shape fitted
+  by translation and scale, orientation kept, on the assignment under test and the group's
+  unambiguous channels, if any), jointly for the group's ambiguous components where that is cheap,
+  and the factor becomes the margin in that combined score. Without a prior, with fewer than three
+  points to fit on, or for a channel that shares no peak with another, nothing changes.
 * Components of more than :data:`EXACT_MARGIN_CHANNELS` channels take each margin from the moves
   of at most two channels (:func:`_short_move_margins`) instead of a full re-assignment per channel.
 """
@@ -63,7 +65,7 @@ from scipy.spatial import cKDTree
 from ..geometry import CropBox
 from ..heatmaps import PeakFit, fit_peaks_at, rough_peak_centres
 from ..shape_prior import ShapeGroup
-from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, decide_with_prior
+from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, PriorComponent, decide_with_prior
 
 CANDIDATES_PER_CHANNEL = 4
 CANDIDATE_FRACTION = 0.25
@@ -376,8 +378,8 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
 
 def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Ambiguous],
                        chosen: np.ndarray, factor: np.ndarray) -> None:
-    """Re-decide each ambiguous component with the shape prior (:mod:`.prior_assignment`), in place;
-    anchors are the prior's channels placed with factor at least ``ANCHOR_MIN_FACTOR`` outside them."""
+    """Re-decide the ambiguous components of one prior group with the shape prior (:mod:`.prior_assignment`),
+    in place; anchors are the prior's channels placed with factor at least ``ANCHOR_MIN_FACTOR`` outside them."""
     spacing = np.asarray(prior.spacing_mm, dtype=np.float64)
     if cands.positions.shape[-1] != len(spacing):
         return  # e.g. a 2d configuration decoding a volume: the prior has the in-plane axes only
@@ -390,9 +392,9 @@ def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Am
     anchors = np.full((len(prior.channels), len(spacing)), np.nan)
     where = prior.index(channels[anchor])
     anchors[where] = cands.positions[channels[anchor], chosen[channels[anchor]]] * spacing
-    for a in ambiguous:
-        positions = cands.positions[a.members[:, None], np.maximum(a.slot, 0)] * spacing
-        decided = decide_with_prior(prior, a.members, a.score, positions, a.column, anchors, AMBIGUOUS_RATIO)
+    parts = [PriorComponent(a.members, a.score, cands.positions[a.members[:, None], np.maximum(a.slot, 0)] * spacing,
+                            a.column) for a in ambiguous]
+    for a, decided in zip(ambiguous, decide_with_prior(prior, parts, anchors, AMBIGUOUS_RATIO)):
         if decided is None:
             continue
         column, factor[a.members] = decided
