@@ -20,6 +20,7 @@ from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 from .cleaning import MIN_VOXEL_DIAGONALS
 
 POI_BLOCK_VERSION = 4  # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale
+MAX_PRIOR_SPREAD_RATIO = 0.5  # median spread / RMS radius of the mean shape above which no prior is planned
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
 CROP_PERCENTILE = 95
@@ -192,8 +193,12 @@ def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[
     the orientation is what names the POIs of a symmetric shape.
 
     A spread is at least the heatmap sigma (a rigid phantom would otherwise give 0 and make any decoding
-    noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them; None where
-    no group qualifies.
+    noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them, and a
+    configuration that holds: a median spread of at most :data:`MAX_PRIOR_SPREAD_RATIO` times the mean
+    shape's RMS radius. Where the POIs lie anywhere relative to each other (three polygons placed freely
+    in a landmark-only image: spread 0.92 of the radius, against 0.26 for each polygon's own corners),
+    the "prior" only adds noise to the heatmaps' choice: on that phantom it let 19% of the points written
+    sit on another landmark, against none without it. None where no group qualifies.
     """
     dim = len(axes)
     groups: List[ShapeGroup] = []
@@ -206,6 +211,9 @@ def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[
         keep = count > 0
         if keep.sum() < dim + 1:
             continue
+        radius = float(np.sqrt(((mean[keep] - mean[keep].mean(0)) ** 2).sum(1).mean()))
+        if np.median(np.maximum(spread[keep], sigma_mm)) > MAX_PRIOR_SPREAD_RATIO * radius:
+            continue  # no configuration to speak of (see the docstring)
         groups.append(ShapeGroup(structure, tuple(int(m) for m in np.asarray(members)[keep]),
                                  tuple(tuple(float(v) for v in row) for row in mean[keep]),
                                  tuple(float(max(v, sigma_mm)) for v in spread[keep]),

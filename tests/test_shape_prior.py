@@ -220,3 +220,24 @@ def test_planned_prior_is_in_the_mean_orientation_and_spreads_with_the_rotation_
     assert narrow.spread_mm == pytest.approx([sigma] * 6, abs=0.01)
     assert max(wide.spread_mm) > sigma + 1.0
     assert all(w >= n for w, n in zip(wide.spread_mm, narrow.spread_mm))
+
+
+def test_no_prior_is_planned_where_the_pois_keep_no_configuration() -> None:
+    """Landmark-only (structure 0): two rigid triples placed independently of each other over a 300 mm
+    field of view, so the six POIs together have no shape to speak of (spread near the shape's size)."""
+    rng = np.random.default_rng(3)
+    cases = []
+    for i in range(8):
+        first = BASE[:3] * 0.5 + rng.uniform(20.0, 280.0, size=3)
+        second = BASE[3:] * 0.5 + rng.uniform(20.0, 280.0, size=3)
+        cases.append(_case(f"c{i}", [300, 300, 300], [1.0, 1.0, 1.0],
+                           [(0, k + 1, p.tolist(), None) for k, p in enumerate(np.concatenate([first, second]))],
+                           {0: ([0, 0, 0], [300, 300, 300])}))
+    block = poi_block(_fingerprint(cases), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert PoiPlan.from_block(block).shape_prior is None
+    # the same POIs moved together (one rigid shape of six) do get a prior
+    together = [_case(f"c{i}", [300, 300, 300], [1.0, 1.0, 1.0],
+                      [(0, k + 1, (p * 0.5 + 150.0).tolist(), None) for k, p in enumerate(_moved(BASE, i) - _moved(BASE, i).mean(0))],
+                      {0: ([0, 0, 0], [300, 300, 300])}) for i in range(8)]
+    block = poi_block(_fingerprint(together), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert PoiPlan.from_block(block).shape_prior is not None

@@ -67,7 +67,7 @@ from ..heatmaps import PeakFit, fit_peaks_at, rough_peak_centres
 from ..shape_prior import ShapeGroup
 from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, PriorComponent, decide_with_prior
 
-CANDIDATES_PER_CHANNEL = 4
+CANDIDATES_PER_CHANNEL = 6
 CANDIDATE_FRACTION = 0.25
 SUPPRESSION_SIGMAS = 2.0
 SAME_PEAK_SIGMAS = 1.0
