@@ -15,6 +15,7 @@ Reported per (phantom, variant, iterations):
 * ``found``: the fraction of reference points written at the threshold;
 * ``confused``: the fraction of written points that sit on *another* landmark's place
   (:func:`~poi_nnunet.evaluation.identity.identity_confusions`, 2 mm);
+* ``*_all``: the same over every point (threshold 0: an undecided point counts with its error);
 * ``dice``: mean Dice of the predicted segmentation (NaN on a landmark-only phantom);
 * ``train_s``: training seconds up to that snapshot.
 
@@ -22,7 +23,8 @@ Phantoms: ``polygons`` (2D, three polygons with masks, 12 vertex landmarks, 112x
 training and 8 test cases), ``polygons_lmk`` (the same without masks: landmark-only) and ``spine``
 (the 3D synthetic spine, structure mode). Writes ``learning_speed.csv`` and ``learning_speed.png``
 (error and confusions against iterations, one line per variant) into ``--work``. Runs resume: a
-finished snapshot or prediction is not redone.
+finished snapshot or prediction is not redone, while the scores are taken anew on every run (delete
+``predictions/`` to predict again after a change to decoding).
 
     python benchmarks/learning_speed.py --work /tmp/ls --phantoms polygons polygons_lmk \\
         --variants heatmap heatmap_coord --length 500 --snapshots 100 250 500 --jobs 2
@@ -174,16 +176,14 @@ def predict_snapshot(work: Path, phantom: Phantom, variant: str, iterations: int
     return out
 
 
-def score(work: Path, phantom: Phantom, prediction: Path, min_confidence: float) -> Dict[str, float]:
-    """Point errors, found fraction and identity confusions at ``min_confidence``; mean Dice."""
-    from poi_nnunet.evaluation import evaluate_folders
+def _point_errors(work: Path, phantom: Phantom, prediction: Path, min_confidence: float) -> Dict[str, float]:
+    """Error statistics, found fraction and identity confusions over the points at ``min_confidence``."""
     from poi_nnunet.evaluation.identity import identity_confusions
     from poi_nnunet.pois import PoiSet, read_poi_file
 
-    reference_dir = work / "raw" / phantom.dataset / "poisTs"
     errors: List[float] = []
     n_reference = n_confused = 0
-    for ref_file in sorted(reference_dir.glob("*.json")):
+    for ref_file in sorted((work / "raw" / phantom.dataset / "poisTs").glob("*.json")):
         reference = read_poi_file(ref_file)
         pred_file = prediction / ref_file.name
         kept = PoiSet([p for p in read_poi_file(pred_file) if (p.confidence or 0.0) >= min_confidence]) \
@@ -194,19 +194,29 @@ def score(work: Path, phantom: Phantom, prediction: Path, min_confidence: float)
             if key in ref:
                 errors.append(float(np.linalg.norm(np.subtract(point.position, ref[key].position))))
         n_confused += len(identity_confusions(reference, kept))
-    summary = evaluate_folders(reference_dir, prediction, prediction / "evaluation")
-    dice = ((summary.get("segmentation") or {}).get("mean_dice") or {}).get("mean", float("nan"))
     e = np.asarray(errors)
-    found = len(e)
-    return {"mean_mm": float(e.mean()) if found else float("nan"),
-            "median_mm": float(np.median(e)) if found else float("nan"),
-            "p95_mm": float(np.percentile(e, 95)) if found else float("nan"),
-            "found": found / max(n_reference, 1), "confused": n_confused / max(found, 1),
+    nan = float("nan")
+    return {"mean_mm": float(e.mean()) if len(e) else nan, "median_mm": float(np.median(e)) if len(e) else nan,
+            "p95_mm": float(np.percentile(e, 95)) if len(e) else nan, "found": len(e) / max(n_reference, 1),
+            "confused": n_confused / max(len(e), 1)}
+
+
+def score(work: Path, phantom: Phantom, prediction: Path, min_confidence: float) -> Dict[str, float]:
+    """Point scores at ``min_confidence`` and over every point (``*_all``: threshold 0, nothing left out),
+    and the mean Dice of the predicted segmentation."""
+    from poi_nnunet.evaluation import evaluate_folders
+
+    kept = _point_errors(work, phantom, prediction, min_confidence)
+    every = _point_errors(work, phantom, prediction, 0.0)
+    summary = evaluate_folders(work / "raw" / phantom.dataset / "poisTs", prediction, prediction / "evaluation")
+    dice = ((summary.get("segmentation") or {}).get("mean_dice") or {}).get("mean", float("nan"))
+    return {**kept, "mean_all_mm": every["mean_mm"], "median_all_mm": every["median_mm"],
+            "p95_all_mm": every["p95_mm"], "confused_all": every["confused"],
             "dice": float(dice) if dice is not None else float("nan")}
 
 
 FIELDS = ["phantom", "variant", "run_length", "iterations", "mean_mm", "median_mm", "p95_mm", "found", "confused",
-          "dice", "train_s"]
+          "mean_all_mm", "median_all_mm", "p95_all_mm", "confused_all", "dice", "train_s"]
 
 
 def write_outputs(work: Path, rows: List[Dict[str, object]]) -> None:
@@ -214,7 +224,7 @@ def write_outputs(work: Path, rows: List[Dict[str, object]]) -> None:
     old = []
     if path.is_file():  # rows of other runs into the same work folder stay
         with open(path) as f:
-            old = [r for r in csv.DictReader(f)
+            old = [{k: r.get(k, "") for k in FIELDS} for r in csv.DictReader(f)
                    if (r["phantom"], r["variant"], r["run_length"], r["iterations"]) not in
                    {(str(n["phantom"]), str(n["variant"]), str(n["run_length"]), str(n["iterations"])) for n in rows}]
     with open(path, "w", newline="") as f:
@@ -241,10 +251,14 @@ def plot(png: Path, csv_path: Path) -> None:
             line = sorted((r for r in mine if (r["variant"], r["run_length"]) == key), key=lambda r: int(r["iterations"]))
             x = [int(r["iterations"]) for r in line]
             label = f"{key[0]} (run {key[1]})"
-            axes[0, col].plot(x, [float(r["mean_mm"]) for r in line], marker="o", label=label)
-            axes[1, col].plot(x, [100 * float(r["confused"]) for r in line], marker="o", label=label)
-        axes[0, col].set(title=phantom, xscale="log", yscale="log", ylabel="mean point error (mm)")
-        axes[1, col].set(xscale="log", xlabel="training iterations", ylabel="points on another landmark (%)")
+            value = lambda r, k: float(r[k]) if r.get(k) not in (None, "") else float("nan")  # noqa: E731
+            drawn = axes[0, col].plot(x, [value(r, "mean_all_mm") for r in line], marker="o", label=label)
+            axes[0, col].plot(x, [value(r, "mean_mm") for r in line], linestyle="--", color=drawn[0].get_color())
+            axes[1, col].plot(x, [100 * value(r, "confused_all") for r in line], marker="o", label=label)
+        axes[0, col].set(title=phantom, xscale="log", yscale="log",
+                         ylabel="mean point error (mm): every point; dashed: confident")
+        axes[1, col].set(xscale="log", xlabel="training iterations",
+                         ylabel="points on another landmark (%, every point)")
         axes[0, col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
