@@ -17,6 +17,7 @@ from poi_nnunet.channels import ChannelLayout
 from poi_nnunet.coarse_refine_network import CoarseRefineNetwork, extract_patches
 from poi_nnunet.plan import PoiPlan
 from trainers.coarse_refine_loss import CoarseRefineLoss
+from tests.factories import use_nnunet_folders
 
 SPINE = "Dataset501_SyntheticSpine"
 MODEL = "PoiCoarseRefineTrainer__poiPlans__3d_fullres"
@@ -227,10 +228,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture
 def env(trained: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
-    for k, v in trained.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_nnunet_folders(trained, monkeypatch)
     return trained
 
 

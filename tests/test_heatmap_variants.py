@@ -19,6 +19,7 @@ from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence
 from trainers.heatmap_variants.ds import DeepSupervisedHeatmapLoss
 from trainers.heatmap_variants.scn import SpatialConfiguration, SpatialConfigurationHeatmaps
 from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
+from tests.factories import use_nnunet_folders
 
 AMPLITUDE = 10.0
 
@@ -298,10 +299,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture
 def env(planned: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
-    for k, v in planned.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_nnunet_folders(planned, monkeypatch)
     return planned
 
 

@@ -28,6 +28,7 @@ from poi_nnunet.trained_models import load_poi_model
 from poi_nnunet.inference.inputs import list_input_cases
 from poi_nnunet.markups import read_markups_json
 from poi_nnunet.pois import read_poi_file
+from tests.factories import use_nnunet_folders
 
 XRAY = "Dataset502_Xray"
 FOLDER = "PoiHeatmapTrainer__poiPlans__2d"
@@ -68,10 +69,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture
 def env(built: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
-    for k, v in built.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_nnunet_folders(built, monkeypatch)
     return {**built, "images_ts": built["nnUNet_raw"] / XRAY / "imagesTs", "model": built["nnUNet_results"] / XRAY / FOLDER}
 
 

@@ -25,6 +25,7 @@ from poi_nnunet.cli.predict import main as predict_main
 from poi_nnunet.cli.train import main as train_main
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import read_poi_file
+from tests.factories import use_nnunet_folders
 
 SHORT = ["-device", "cpu", "--epochs", "2", "--iterations_per_epoch", "2"]
 
@@ -71,10 +72,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
 
 @pytest.fixture
 def env(planned: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
-    for k, v in planned.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    use_nnunet_folders(planned, monkeypatch)
     return planned
 
 
