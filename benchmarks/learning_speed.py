@@ -255,10 +255,9 @@ def plot(png: Path, csv_path: Path) -> None:
             drawn = axes[0, col].plot(x, [value(r, "mean_all_mm") for r in line], marker="o", label=label)
             axes[0, col].plot(x, [value(r, "mean_mm") for r in line], linestyle="--", color=drawn[0].get_color())
             axes[1, col].plot(x, [100 * value(r, "confused_all") for r in line], marker="o", label=label)
-        axes[0, col].set(title=phantom, xscale="log", yscale="log",
-                         ylabel="mean point error (mm): every point; dashed: confident")
-        axes[1, col].set(xscale="log", xlabel="training iterations",
-                         ylabel="points on another landmark (%, every point)")
+        axes[0, col].set(title=f"{phantom} (solid: every point, dashed: confident)", xscale="log", yscale="log",
+                         ylabel="mean point error (mm)")
+        axes[1, col].set(xscale="log", xlabel="training iterations", ylabel="on another landmark (%)")
         axes[0, col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
