@@ -15,6 +15,7 @@ import numpy as np
 from nnunetv2.configuration import ANISO_THRESHOLD
 
 from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
+from poi_nnunet.shape_groups import rigid_groups
 from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 
 from .cleaning import MIN_VOXEL_DIAGONALS
@@ -158,23 +159,43 @@ def _case_shapes(fingerprint: Dict[str, Any], keys: Sequence[Tuple[int, int]], a
     return out
 
 
-def shape_groups(fingerprint: Dict[str, Any], mode: str,
-                 channels: Sequence[Dict[str, Any]]) -> List[Tuple[Optional[int], List[int], List[Tuple[int, int]]]]:
-    """``(structure, channel indices, (structure, poi) keys)`` of each structure group of the shape prior.
+def _raw_dim(fingerprint: Dict[str, Any]) -> int:
+    """Number of raw axes of the fingerprint's grid mm (3 where it has no point)."""
+    for case in fingerprint["cases"]:
+        for p in case["points"]:
+            return len(p["grid_mm"])
+    return 3
 
-    Whole-image mode: one group per structure label of the channels (a landmark-only dataset, all
-    structure 0, has one group: the whole image's configuration). Per structure, not one group of
+
+def shape_groups(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]],
+                 flagged: frozenset = frozenset()) -> List[Tuple[Optional[int], List[int], List[Tuple[int, int]]]]:
+    """``(structure, channel indices, (structure, poi) keys)`` of each group of the shape prior.
+
+    Whole-image mode: one group per structure label of the channels. Per structure, not one group of
     all channels, because a structure's own shape varies far less than where it lies beside the others
     (three polygons placed freely: 0.8 mm against 19 mm of spread), and it is the structure's own
-    corners that a model confuses.
+    corners that a model confuses. The channels of structure 0 (landmark-only: no label says which POIs
+    are one object) are split into rigid groups instead, the POIs whose pairwise distances hold across
+    the training cases (:func:`poi_nnunet.shape_groups.rigid_groups`, on the raw grid mm without the
+    ``flagged`` ``(case, structure, poi)`` points); each keeps structure 0 (whole-image decoding passes
+    every group), and a lone POI is left out (:func:`shape_prior` drops groups below ``D + 1`` POIs of
+    the configuration's ``D`` axes).
     Structure mode: one group per structure label, of the POI ids that structure carries in any case.
     """
     if mode != STRUCTURE_MODE:
         by_label: Dict[int, List[int]] = {}
         for i, c in enumerate(channels):
             by_label.setdefault(int(c["structure"]), []).append(i)
-        return [(label, members, [(label, int(channels[i]["poi"])) for i in members])
-                for label, members in sorted(by_label.items())]
+        out: List[Tuple[Optional[int], List[int], List[Tuple[int, int]]]] = []
+        for label, members in sorted(by_label.items()):
+            keys = [(label, int(channels[i]["poi"])) for i in members]
+            if label != 0:
+                out.append((label, members, keys))
+                continue
+            shapes = _case_shapes(fingerprint, keys, range(_raw_dim(fingerprint)), flagged)
+            for group in rigid_groups(shapes, min_size=2):
+                out.append((label, [members[i] for i in group], [keys[i] for i in group]))
+        return out
     index = {int(c["poi"]): i for i, c in enumerate(channels)}
     carried: Dict[int, set] = {}
     for case in fingerprint["cases"]:
@@ -187,7 +208,8 @@ def shape_groups(fingerprint: Dict[str, Any], mode: str,
 
 def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
                 spacing: Sequence[float], sigma_mm: float, flagged: set) -> Optional[ShapePrior]:
-    """Procrustes mean shape and per-POI spread of each structure group (:func:`shape_groups`; the maths
+    """Procrustes mean shape and per-POI spread of each group (:func:`shape_groups`: per structure label,
+    rigid groups for landmark-only channels; the maths
     in :mod:`poi_nnunet.shape_prior`), in the configuration's axes: the mean in the training cases' mean
     orientation, the spread after fitting by translation and scale (it includes their rotations), since
     the orientation is what names the POIs of a symmetric shape.
@@ -202,7 +224,7 @@ def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[
     """
     dim = len(axes)
     groups: List[ShapeGroup] = []
-    for structure, members, keys in shape_groups(fingerprint, mode, channels):
+    for structure, members, keys in shape_groups(fingerprint, mode, channels, frozenset(flagged)):
         shapes = _case_shapes(fingerprint, keys, axes, flagged)
         usable = np.isfinite(shapes).all(-1).sum(1) >= dim + 1
         if len(members) < dim + 1 or usable.sum() < 2:

@@ -241,3 +241,48 @@ def test_no_prior_is_planned_where_the_pois_keep_no_configuration() -> None:
                       {0: ([0, 0, 0], [300, 300, 300])}) for i in range(8)]
     block = poi_block(_fingerprint(together), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
     assert PoiPlan.from_block(block).shape_prior is not None
+
+
+def _landmark_case(name: str, points: np.ndarray) -> dict:
+    """One landmark-only case (structure 0, POI k + 1 at ``points[k]``) in a 300 mm field of view."""
+    return _case(name, [300, 300, 300], [1.0, 1.0, 1.0], [(0, k + 1, p.tolist(), None) for k, p in enumerate(points)],
+                 {0: ([0, 0, 0], [300, 300, 300])})
+
+
+def test_landmark_only_plan_discovers_the_rigid_groups_and_plans_a_prior_for_each() -> None:
+    """Structure 0 throughout: BASE's first four POIs and its last four (a second rigid shape) each moved
+    on its own to a random place of the field of view. The whole configuration holds no shape, each quadruple
+    does (pairwise distances within one: CV 0; across: far above the cut): two groups, channels 0-3 and
+    4-7, each its shape with the sigma floor as spread. The same eight POIs moved together: one group."""
+    rng = np.random.default_rng(5)
+    cases = [_landmark_case(f"c{i}", np.concatenate([BASE[:4] * 0.5 + rng.uniform(30.0, 270.0, size=3),
+                                                     BASE[2:] * 0.5 + rng.uniform(30.0, 270.0, size=3)]))
+             for i in range(8)]
+    block = poi_block(_fingerprint(cases), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert block["crop_mode"] == WHOLE_IMAGE
+    prior = PoiPlan.from_block(block).shape_prior
+    assert [g.channels for g in prior.groups] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert [g.structure for g in prior.groups] == [0, 0]
+    for group, shape in zip(prior.groups, (BASE[:4], BASE[2:])):
+        assert _scale_shift_residual(shape, group.mean) < 0.02  # the block's 0.01 mm rounding
+        assert group.spread_mm == pytest.approx([block["heatmap_sigma_mm"]] * 4, abs=0.01)
+    together = [_landmark_case(f"c{i}", np.concatenate([BASE[:4], BASE[2:] + (60.0, 0.0, 0.0)]) * 0.5
+                               + rng.uniform(60.0, 240.0, size=3)) for i in range(8)]
+    block = poi_block(_fingerprint(together), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
+    assert [g.channels for g in PoiPlan.from_block(block).shape_prior.groups] == [tuple(range(8))]
+
+
+def test_rigid_groups_of_a_scaled_shape_and_of_shapes_placed_freely() -> None:
+    """By hand: a shape scaled by 0.8, 1.0 and 1.2 has distance CV 0.163 for every pair (std/mean of 0.8,
+    1, 1.2), below the cut: one group. Two rigid triangles (2D) whose offset alternates between (0, 0) and
+    (0, 60) mm: every cross pair's distance varies far more: two groups; a lone POI is left out."""
+    from poi_nnunet.shape_groups import distance_variation, rigid_groups
+
+    triangle = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 8.0]])
+    scaled = np.stack([s * triangle + 5.0 for s in (0.8, 1.0, 1.2)])
+    np.testing.assert_allclose(distance_variation(scaled)[~np.eye(3, dtype=bool)], np.sqrt(2 / 3) * 0.2, atol=1e-12)
+    assert rigid_groups(scaled, min_size=3) == [[0, 1, 2]]
+    offsets = [(0.0, 0.0), (0.0, 60.0), (0.0, 0.0), (0.0, 60.0)]
+    pairs = np.stack([np.concatenate([triangle, triangle + (40.0, 0.0) + o, [[60.0, 20.0 + 150.0 * k]]])
+                      for k, o in enumerate(offsets)])
+    assert rigid_groups(pairs, min_size=3) == [[0, 1, 2], [3, 4, 5]]
