@@ -554,3 +554,45 @@ def test_above_the_cap_a_local_search_from_the_heatmap_solution_finds_the_corner
                                          shape_prior=_polygon_prior(SQUARE)))
     for k in range(1, 5):
         assert _near(decoded[(0, k)][0], corners[k - 1]), k
+
+
+# Two triangles of a landmark-only dataset (2D, 1 mm pixels, (y, x)): channels 0-2 are A's corners, 3-5 B's,
+# two rigid groups of the plans; the network confuses corner k of A with corner k of B.
+TRIANGLE_A = np.array([[8.2, 8.1], [8.7, 21.3], [19.1, 10.4]])
+TRIANGLE_B = np.array([[27.6, 29.8], [39.4, 25.7], [36.2, 40.3]])
+
+
+def _two_triangle_prior():
+    """Two groups of structure 0, each its triangle scaled by 1.2 and moved (the decoder fits each back on
+    its own), spread 1.5 mm."""
+    from poi_nnunet.shape_prior import ShapePrior
+
+    return ShapePrior.from_block({"fit": "translation_scale", "spacing_mm": [1.0, 1.0], "groups": [
+        {"structure": 0, "channels": [0, 1, 2], "mean_mm": (1.2 * TRIANGLE_A + (50.0, -3.0)).tolist(),
+         "spread_mm": [1.5] * 3},
+        {"structure": 0, "channels": [3, 4, 5], "mean_mm": (1.2 * TRIANGLE_B - (20.0, 60.0)).tolist(),
+         "spread_mm": [1.5] * 3}]})
+
+
+@pytest.mark.parametrize("own, other", [(10.0, 10.0), (9.6, 10.0)])
+def test_channels_of_two_groups_competing_for_each_others_corners_land_on_their_own(own: float, other: float) -> None:
+    """Channel k (A's corner k) and channel k + 3 (B's corner k) each see both corners k, ``own`` on its own
+    and ``other`` on the other's: three components, each with one channel of each group, so no single group
+    holds one. Alone: ties are dropped as ambiguous, a slight preference swaps every pair. With the two
+    groups' log-likelihoods summed over the 2 x 2 x 2 joint assignments, every channel lands on its own
+    corner (a swap puts a corner of B among A's, tens of spreads off), with the fitted height as confidence."""
+    keys = [(0, k) for k in range(1, 7)]
+    layout = _layout(keys, labels=())
+    corners = [tuple(p) for p in np.concatenate([TRIANGLE_A, TRIANGLE_B])]
+    maps = _maps([[(corners[c], own), (corners[(c + 3) % 6], other)] for c in range(6)])
+    alone = decode_whole_image(maps, layout, AMPLITUDE, min_confidence=0.0)
+    if own == other:
+        assert _reasons(decode_whole_image(maps, layout, AMPLITUDE)) == {k: AMBIGUOUS for k in keys}
+    else:
+        for c, key in enumerate(keys):
+            assert _near(_by_key(alone)[key][0], corners[(c + 3) % 6]), key
+    decoded = _by_key(decode_whole_image(maps, layout, AMPLITUDE, shape_prior=_two_triangle_prior()))
+    assert sorted(decoded) == keys
+    for c, key in enumerate(keys):
+        assert _near(decoded[key][0], corners[c]), (key, decoded[key][0])
+        assert decoded[key][1] == pytest.approx(own / AMPLITUDE, abs=TOL_CONFIDENCE)

@@ -44,7 +44,9 @@ Rules:
   heatmap score plus the prior's log-likelihood of the resulting configuration (the mean shape fitted
   by translation and scale, orientation kept, on the assignment under test and the group's
   unambiguous channels, if any), jointly for the group's ambiguous components where that is cheap,
-  and the factor becomes the margin in that combined score. Without a prior, with fewer than three
+  and the factor becomes the margin in that combined score. A component whose channels lie in several
+  groups (a landmark-only dataset's rigid groups) adds the groups' log-likelihoods, each fitted on its
+  own channels. Without a prior, with fewer than three
   points to fit on, or for a channel that shares no peak with another, nothing changes.
 * Components of more than :data:`EXACT_MARGIN_CHANNELS` channels take each margin from the moves
   of at most two channels (:func:`_short_move_margins`) instead of a full re-assignment per channel.
@@ -53,7 +55,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +67,7 @@ from scipy.spatial import cKDTree
 from ..geometry import CropBox
 from ..heatmaps import PeakFit, fit_peaks_at, rough_peak_centres
 from ..shape_prior import ShapeGroup
-from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, PriorComponent, decide_with_prior
+from .prior_assignment import ANCHOR_MIN_FACTOR, NONE, CombinedPrior, Prior, PriorComponent, decide_with_prior
 
 CANDIDATES_PER_CHANNEL = 6
 CANDIDATE_FRACTION = 0.25
@@ -376,10 +378,11 @@ def _component(cands: Candidates, channels: np.ndarray, ent_c: np.ndarray, ent_k
     return chosen, factor, ambiguous
 
 
-def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Ambiguous],
+def _decide_with_prior(cands: Candidates, prior: Prior, ambiguous: List[_Ambiguous],
                        chosen: np.ndarray, factor: np.ndarray) -> None:
-    """Re-decide the ambiguous components of one prior group with the shape prior (:mod:`.prior_assignment`),
-    in place; anchors are the prior's channels placed with factor at least ``ANCHOR_MIN_FACTOR`` outside them."""
+    """Re-decide the ambiguous components of one prior group (or of several groups combined) with the shape
+    prior (:mod:`.prior_assignment`), in place; anchors are the prior's channels placed with factor at
+    least ``ANCHOR_MIN_FACTOR`` outside them."""
     spacing = np.asarray(prior.spacing_mm, dtype=np.float64)
     if cands.positions.shape[-1] != len(spacing):
         return  # e.g. a 2d configuration decoding a volume: the prior has the in-plane axes only
@@ -401,6 +404,39 @@ def _decide_with_prior(cands: Candidates, prior: ShapeGroup, ambiguous: List[_Am
         chosen[a.members] = np.where(column == NONE, NONE, a.slot[np.arange(len(column)), np.maximum(column, 0)])
 
 
+def _prior_sets(priors: Sequence[ShapeGroup], ambiguous: Sequence[_Ambiguous]) -> List[Tuple[Prior, List[_Ambiguous]]]:
+    """The ambiguous components each prior decides: groups linked by a component with channels in both
+    are decided together (:class:`~.prior_assignment.CombinedPrior`, one group alone: itself), with every
+    component that has a channel in one of them; a component with no channel in any group is left out.
+    In the order of the groups' first appearance in ``priors``."""
+    owner: Dict[int, int] = {}
+    for g, prior in enumerate(priors):
+        for c in prior.channels:
+            owner.setdefault(int(c), g)
+    parent = list(range(len(priors)))
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            g = parent[g]
+        return g
+
+    touched = [sorted({owner[int(c)] for c in a.members if int(c) in owner}) for a in ambiguous]
+    for groups in touched:
+        for g in groups[1:]:
+            parent[root(g)] = root(groups[0])
+    sets: Dict[int, Tuple[set, List[_Ambiguous]]] = {}
+    for a, groups in zip(ambiguous, touched):
+        if groups:
+            entry = sets.setdefault(root(groups[0]), (set(), []))
+            entry[0].update(groups)
+            entry[1].append(a)
+    out: List[Tuple[Prior, List[_Ambiguous]]] = []
+    for _, (groups, mine) in sorted(sets.items(), key=lambda item: min(item[1][0])):
+        members = sorted(groups)
+        out.append((priors[members[0]] if len(members) == 1 else CombinedPrior(tuple(priors[g] for g in members)), mine))
+    return out
+
+
 def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequence[float],
                  own_alternatives: bool = True, same_peak_sigmas: float = SAME_PEAK_SIGMAS,
                  priors: Sequence[ShapeGroup] = ()) -> Tuple[np.ndarray, np.ndarray]:
@@ -410,9 +446,9 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
     keep slot 0 with factor 1). ``sigma`` per axis of the positions; ``own_alternatives``: whether a
     channel's own other candidates count as alternatives (see the module docstring);
     ``same_peak_sigmas``: how close (in sigmas) candidates of two channels must be to be one peak;
-    ``priors``: the shape prior's structure groups (channel indices as ``cands``'); each re-decides the
-    ambiguous components whose channels are all its own (:mod:`.prior_assignment`; none: the heatmaps
-    alone decide).
+    ``priors``: the shape prior's groups (channel indices as ``cands``'); an ambiguous component with
+    channels in one or more of them is re-decided by their summed log-likelihoods
+    (:func:`_prior_sets`, :mod:`.prior_assignment`; none: the heatmaps alone decide).
     """
     c_all = cands.num_channels
     chosen = np.zeros(c_all, dtype=int)
@@ -447,9 +483,6 @@ def assign_peaks(cands: Candidates, groups: Sequence[np.ndarray], sigma: Sequenc
                                                                    scaled[keep], own_alternatives, same_peak_sigmas)
             if unclear is not None:
                 ambiguous.append(unclear)
-    for prior in priors:
-        own = set(prior.channels)
-        mine = [a for a in ambiguous if own.issuperset(a.members.tolist())]
-        if mine:
-            _decide_with_prior(cands, prior, mine, chosen, factor)
+    for prior, mine in _prior_sets(priors, ambiguous):
+        _decide_with_prior(cands, prior, mine, chosen, factor)
     return chosen, factor

@@ -15,6 +15,11 @@ feasible assignments of the group's ambiguous components are scored in nats:
   mean shape is fitted by translation and scale only, on the assignment under test itself: no anchor
   is needed, since the orientation the prior keeps is what tells a square's corners apart.
 
+A component whose channels lie in several groups (a landmark-only dataset's rigid groups, a channel
+of one polygon claiming another's corner) is scored with the sum of those groups' shape terms, each
+group fitted on its own channels of the assignment and its anchors (:class:`CombinedPrior`); channels
+in no group add nothing to the shape term.
+
 The best total wins. A component is decided where its assigned channels and the anchors make at least
 :data:`MIN_POINTS` points (translation and scale take 3 of a 2D configuration's degrees of freedom, 4
 of a 3D one; with fewer the heatmap decision stands unchanged). Assignments tried, per component:
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -44,6 +49,52 @@ MIN_POINTS = 3  # anchors + assigned channels a translation-and-scale fit needs 
 LOCAL_SEARCH_STEPS = 50
 NONE_SCORE_FRACTION = 0.1  # below any candidate (candidates are at least a quarter of the channel's best)
 NONE = -1
+
+
+@dataclass(frozen=True)
+class CombinedPrior:
+    """Several shape groups scored as one, for a component whose channels lie in more than one of them (a
+    landmark-only dataset's rigid groups: a triangle's channel claiming a corner of the quad).
+
+    The POIs are the groups' channels one after another (whole-image groups are disjoint); the
+    log-likelihood of a configuration ``(A, P, D)`` is the sum over the groups of each one's
+    :meth:`~poi_nnunet.shape_prior.ShapeGroup.log_likelihoods` on its own POIs, each fitted by its own
+    translation and scale (the groups lie anywhere relative to each other), so a group with fewer than two
+    placed points adds 0, as does a channel in no group.
+    """
+
+    groups: Tuple[ShapeGroup, ...]
+
+    @property
+    def channels(self) -> Tuple[int, ...]:
+        return tuple(c for g in self.groups for c in g.channels)
+
+    @property
+    def spacing_mm(self) -> Tuple[float, ...]:
+        return self.groups[0].spacing_mm
+
+    @property
+    def dim(self) -> int:
+        return self.groups[0].dim
+
+    def index(self, channels: Sequence[int]) -> np.ndarray:
+        """Position of each of ``channels`` among :attr:`channels`, -1 for a channel in no group."""
+        where: Dict[int, int] = {}
+        for i, c in enumerate(self.channels):
+            where.setdefault(int(c), i)
+        return np.array([where.get(int(c), -1) for c in channels], dtype=int)
+
+    def log_likelihoods(self, points_mm: np.ndarray) -> np.ndarray:
+        """``(A,)``: the sum over the groups of their log-likelihoods of ``points_mm`` ``(A, P, D)``."""
+        total = np.zeros(len(points_mm))
+        start = 0
+        for group in self.groups:
+            total += group.log_likelihoods(points_mm[:, start:start + len(group.channels)])
+            start += len(group.channels)
+        return total
+
+
+Prior = Union[ShapeGroup, CombinedPrior]
 
 
 def _all_assignments(feasible: Sequence[np.ndarray], assigned: int, limit: int) -> Optional[List[Tuple[int, ...]]]:
@@ -121,7 +172,7 @@ class PriorComponent:
         return np.where(table == NONE, none, np.log(np.maximum(picked, 1e-12))).sum(1)
 
 
-def _total(group: ShapeGroup, parts: Sequence[PriorComponent], table: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+def _total(group: Prior, parts: Sequence[PriorComponent], table: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     """Combined score ``(A,)`` of the joint assignments ``table`` ``(A, sum n)`` (columns: the parts'
     members in order) with ``anchors`` ``(P, D)`` (NaN: no anchor)."""
     points = np.repeat(anchors[None], len(table), axis=0)  # (A, P, D)
@@ -139,7 +190,7 @@ def _total(group: ShapeGroup, parts: Sequence[PriorComponent], table: np.ndarray
     return heat + group.log_likelihoods(points)
 
 
-def _local_search(group: ShapeGroup, part: PriorComponent, anchors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _local_search(group: Prior, part: PriorComponent, anchors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Assignments scored ``(A, n)`` and their totals ``(A,)``: from the heatmap solution, to the best
     neighbour (one move or one swap) while that improves, at most :data:`LOCAL_SEARCH_STEPS` steps."""
     scored: Dict[Tuple[int, ...], float] = {}
@@ -181,14 +232,15 @@ def _decision(table: np.ndarray, totals: np.ndarray, ambiguous_ratio: float) -> 
     return chosen, np.where(chosen == NONE, 0.0, factor)
 
 
-def _points(group: ShapeGroup, part: PriorComponent) -> int:
+def _points(group: Prior, part: PriorComponent) -> int:
     """How many of the group's POIs the component places (its assigned channels of the group)."""
     return min(part.assigned, int((group.index(part.members) >= 0).sum()))
 
 
-def decide_with_prior(group: ShapeGroup, parts: Sequence[PriorComponent], anchors: np.ndarray,
+def decide_with_prior(group: Prior, parts: Sequence[PriorComponent], anchors: np.ndarray,
                       ambiguous_ratio: float) -> List[Optional[Tuple[np.ndarray, np.ndarray]]]:
-    """Per component of ``parts`` (the group's ambiguous components): column (peak, or ``NONE``) and
+    """Per component of ``parts`` (the ambiguous components of ``group``, one shape group or a
+    :class:`CombinedPrior` of several): column (peak, or ``NONE``) and
     confidence factor of each member, or None where the prior cannot decide it (fewer than
     :data:`MIN_POINTS` points with the anchors, or no member in the group).
 
