@@ -179,6 +179,7 @@ def predict_snapshot(work: Path, phantom: Phantom, variant: str, iterations: int
 def _point_errors(work: Path, phantom: Phantom, prediction: Path, min_confidence: float) -> Dict[str, float]:
     """Error statistics, found fraction and identity confusions over the points at ``min_confidence``."""
     from poi_nnunet.evaluation.identity import identity_confusions
+    from poi_nnunet.evaluation.points import MATCHED, match_points
     from poi_nnunet.pois import PoiSet, read_poi_file
 
     errors: List[float] = []
@@ -188,11 +189,8 @@ def _point_errors(work: Path, phantom: Phantom, prediction: Path, min_confidence
         pred_file = prediction / ref_file.name
         kept = PoiSet([p for p in read_poi_file(pred_file) if (p.confidence or 0.0) >= min_confidence]) \
             if pred_file.is_file() else PoiSet([])
-        ref = reference.by_key()
-        n_reference += len(ref)
-        for key, point in kept.by_key().items():
-            if key in ref:
-                errors.append(float(np.linalg.norm(np.subtract(point.position, ref[key].position))))
+        n_reference += len(reference)
+        errors += [r.error_mm for r in match_points(ref_file.stem, reference, kept) if r.status == MATCHED]
         n_confused += len(identity_confusions(reference, kept))
     e = np.asarray(errors)
     nan = float("nan")
