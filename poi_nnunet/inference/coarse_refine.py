@@ -45,8 +45,8 @@ from ..heatmaps import spatial_softmax
 from ..plan import STRUCTURE_MODE
 from .confidence import soft_argmax_confidence
 from .decoding import (BELOW_MIN_CONFIDENCE, MIN_STRUCTURE_VOXELS, OUTSIDE_IMAGE, STRUCTURE_NOT_SEGMENTED,
-                       DecodedPoints, DroppedPoint, structure_boxes, structure_margin)
-from .missing_structures import absent_structures, peaks_by_structure
+                       DecodedPoints, DroppedPoint)
+from .missing_structures import missing_structure_peaks
 from .predictor import CasePrediction, PoiPredictor, checked_segmentation
 
 POINT_STAGES = ("refined", "coarse")
@@ -106,12 +106,9 @@ class CoarseRefinePredictor(PoiPredictor):
         """Absent structure -> its unexplained heatmap peak voxels ``(k, 3)`` (:mod:`.missing_structures`),
         outside the boxes the heatmap trainer's decoder would search around the segmented structures."""
         plan = self.poi_plan
-        margin = structure_margin(plan.heatmap_sigma_voxels, plan.peak_support_sigmas)
-        boxes = structure_boxes(segmentation, self.layout.layers, margin, self.min_structure_voxels)
-        absent = absent_structures(self.layout.layers, [label for label, _ in boxes])
-        return peaks_by_structure(heatmaps, seg_logits, [box for _, box in boxes], absent)
+        return missing_structure_peaks(heatmaps, seg_logits, segmentation, self.layout, plan.heatmap_sigma_voxels,
+                                       plan.peak_support_sigmas, self.min_structure_voxels)
 
-    # ------------------------------------------------------------------ crops
     def structure_crops(self, data_shape: Sequence[int], segmentation: Optional[np.ndarray],
                         recovered: Optional[Dict[int, np.ndarray]] = None) -> List[Tuple[int, int, CropBox]]:
         """``(structure label, layer index, crop)`` of every crop (array axes of the network input); a

@@ -31,7 +31,7 @@ import torch
 
 from ..channels import ChannelLayout
 from ..geometry import CropBox
-from .decoding import DecodedPoints, decode_structures, structure_boxes, structure_margin
+from .decoding import MIN_STRUCTURE_VOXELS, DecodedPoints, decode_structures, structure_boxes, structure_margin
 
 RELATIVE_PEAK_HEIGHT = 0.5
 
@@ -101,6 +101,17 @@ def absent_structures(layers: Sequence[int], present: Sequence[int]) -> List[int
     return [int(label) for label in layers if int(label) not in found and int(label) >= 0]
 
 
+def missing_structure_peaks(heatmaps: torch.Tensor, segmentation_logits: torch.Tensor, segmentation: np.ndarray,
+                            layout: ChannelLayout, sigma_voxels: Sequence[float], support_sigmas: float,
+                            min_structure_voxels: int = MIN_STRUCTURE_VOXELS) -> Dict[int, np.ndarray]:
+    """Absent structure label -> its unexplained peak voxels ``(k, 3)``, outside the boxes the decoder
+    searches around the structures ``segmentation`` (3 axes) holds (see the module docstring)."""
+    margin = structure_margin(sigma_voxels, support_sigmas)
+    boxes = structure_boxes(segmentation, layout.layers, margin, min_structure_voxels)
+    absent = absent_structures(layout.layers, [label for label, _ in boxes])
+    return peaks_by_structure(heatmaps, segmentation_logits, [box for _, box in boxes], absent)
+
+
 def recover_missing_structures(points: DecodedPoints, heatmaps: torch.Tensor,
                                segmentation_logits: torch.Tensor, segmentation: np.ndarray, layout: ChannelLayout,
                                sigma_voxels: Sequence[float], amplitude: float, min_confidence: float,
@@ -108,10 +119,7 @@ def recover_missing_structures(points: DecodedPoints, heatmaps: torch.Tensor,
     """``points`` (structure mode, decoded in the predicted ``segmentation``) plus those of absent structures
     found from their heatmap peaks (module docstring); their ``structure_not_segmented`` entries give way
     to what decoding them gave."""
-    margin = structure_margin(sigma_voxels, support_sigmas)
-    boxes = structure_boxes(segmentation, layout.layers, margin)
-    absent = absent_structures(layout.layers, [label for label, _ in boxes])
-    peaks = peaks_by_structure(heatmaps, segmentation_logits, [box for _, box in boxes], absent)
+    peaks = missing_structure_peaks(heatmaps, segmentation_logits, segmentation, layout, sigma_voxels, support_sigmas)
     if not peaks:
         return points
     found = decode_structures(heatmaps, peak_label_map(segmentation.shape, peaks), layout, sigma_voxels, amplitude,
