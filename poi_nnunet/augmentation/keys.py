@@ -16,6 +16,10 @@ along the pipeline. Points ride in the same dict:
   rotation and scaling augmentation set it; the loader turns it into mm).
 * ``centre_layer``: which slot layer the sample is centred on; mirroring that
   exchanges left and right structures exchanges it too.
+* ``structure_map``: ``Tensor[K, *spatial]`` float, per-voxel values that belong to
+  the anatomy of the structure the voxel is in (uv(w) template coordinates), NaN
+  where undefined; resampled with the image's own grid, never across structures
+  (:mod:`poi_nnunet.augmentation.structure_maps`).
 
 Transforms compute in float64 numpy and hand back the caller's float dtype.
 """
@@ -31,6 +35,7 @@ KEYPOINTS_VALID = "keypoints_valid"
 # Per-sample entries that transforms keep up to date beside the points:
 PATCH_TO_SAMPLE = "patch_to_sample"  # float64 (D, D): patch voxel step -> sample voxels (linear part)
 CENTRE_LAYER = "centre_layer"  # int: slot layer of the structure a crop is centred on (-1 unknown)
+STRUCTURE_MAP = "structure_map"  # float (K, *spatial): per-structure anatomical values, NaN undefined
 
 
 def read_points(data_dict: dict) -> Tuple[np.ndarray, np.ndarray, torch.dtype]:

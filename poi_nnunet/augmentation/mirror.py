@@ -17,7 +17,8 @@ import torch
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 
 from ..geometry import flip_points
-from .keys import CENTRE_LAYER, KEYPOINTS, read_points, write_points
+from .keys import CENTRE_LAYER, KEYPOINTS, STRUCTURE_MAP, read_points, write_points
+from .structure_maps import flip_structure_map
 
 
 class PointMirrorTransform(MirrorTransform):
@@ -54,6 +55,8 @@ class PointMirrorTransform(MirrorTransform):
         return sum(a in self.swap_axes for a in axes) % 2 == 1
 
     def apply(self, data_dict: dict, **params) -> dict:
+        if data_dict.get(STRUCTURE_MAP) is not None:  # moves with the image; its values are the anatomy's own
+            data_dict[STRUCTURE_MAP] = flip_structure_map(data_dict[STRUCTURE_MAP], list(params["axes"]))
         if data_dict.get(KEYPOINTS) is None:
             return super().apply(data_dict, **params)
         size = tuple(data_dict["image"].shape[1:])

@@ -16,7 +16,8 @@ import numpy as np
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 
 from ..geometry import PatchSampling, inside_extent, interpolate_field
-from .keys import KEYPOINTS, PATCH_TO_SAMPLE, read_points, write_points
+from .keys import KEYPOINTS, PATCH_TO_SAMPLE, STRUCTURE_MAP, read_points, write_points
+from .structure_maps import move_structure_map
 
 # How far (voxels) the point map may stray from the image's grid before we call it a bug:
 # float32 grids are good to ~1e-5, a convention change in batchgeneratorsv2 is >= 0.5.
@@ -33,9 +34,21 @@ class PointSpatialTransform(SpatialTransform):
     it has no position at all: its coordinates become NaN, so no target is
     rendered for it. ``patch_to_sample`` records the linear part of the patch ->
     sample map (rotation and scaling), from which the loader derives mm per patch step.
+    A ``structure_map`` is resampled with the same grid, structure by structure
+    (:func:`~poi_nnunet.augmentation.structure_maps.move_structure_map`).
     """
 
     def apply(self, data_dict: dict, **params) -> dict:
+        structure_map = data_dict.pop(STRUCTURE_MAP, None)
+        if structure_map is None:
+            return self._apply_with_points(data_dict, **params)
+        labels = data_dict["segmentation"]
+        data_dict = self._apply_with_points(data_dict, **params)
+        data_dict[STRUCTURE_MAP] = move_structure_map(structure_map, labels, data_dict["segmentation"], params,
+                                                      self.patch_size, self.align_corners)
+        return data_dict
+
+    def _apply_with_points(self, data_dict: dict, **params) -> dict:
         if data_dict.get(KEYPOINTS) is None:
             return super().apply(data_dict, **params)
         sample_shape = tuple(data_dict["image"].shape[1:])
