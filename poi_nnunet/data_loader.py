@@ -21,6 +21,10 @@ A batch gains three entries beside nnU-Net's ``data`` / ``target`` / ``keys``:
 * ``patch_spacing_mm`` ``(B, D)``: how long one patch voxel step is in mm along
   each patch axis, after the scaling augmentation (the configuration's
   spacing times the sampled scale).
+* ``structure_map`` ``(B, K, *patch)`` float (only where a loader subclass
+  provides :meth:`PoiDataLoader.structure_map`, as the ``uv`` trainer's does):
+  per-voxel values of the anatomy (uv template coordinates), cut with the same
+  box as the image and resampled with its grid, NaN where undefined.
 
 In structure mode a sample is centred on one annotated structure (see
 :meth:`PoiDataLoader.crop_centre`), with a random shift of at most
@@ -38,7 +42,7 @@ import torch
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
-from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_TO_SAMPLE
+from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_TO_SAMPLE, STRUCTURE_MAP
 from .channels import ChannelLayout
 from .geometry import CropBox, drop_slice_axis, inside_extent, last_axes, pad_axes
 from .plan import STRUCTURE_MODE, PoiPlan
@@ -148,11 +152,17 @@ class PoiDataLoader(nnUNetDataLoader):
         shift = np.random.uniform(-1, 1, size=len(shape)) * bound
         return layer, CropBox.centred_on(centre, self.patch_size, shift)
 
+    # ------------------------------------------------------------------ dense anatomical targets
+    def structure_map(self, key: str) -> Optional[np.ndarray]:
+        """The case's ``(K, *array shape)`` per-voxel anatomical values (NaN: undefined) that ride along
+        with the image (``structure_map`` in the batch), or None (the default: none)."""
+        return None
+
     # ------------------------------------------------------------------ batch
     def generate_train_batch(self) -> dict:
         keys = self.get_indices()
         data_all = seg_all = None
-        points_all, inside_all, valid_all, centre_all, spacing_all = [], [], [], [], []
+        points_all, inside_all, valid_all, centre_all, spacing_all, maps_all = [], [], [], [], [], []
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for j, key in enumerate(keys):
                 data, seg, seg_prev, properties = self._data.load_case(key)
@@ -172,6 +182,10 @@ class PoiDataLoader(nnUNetDataLoader):
                     points = drop_slice_axis(points)
                 sample = {"image": image, "segmentation": label, CENTRE_LAYER: layer,
                           KEYPOINTS: torch.from_numpy(points), KEYPOINTS_VALID: torch.from_numpy(np.isfinite(points).all(1))}
+                values = self.structure_map(key)
+                if values is not None:
+                    cut = torch.from_numpy(np.asarray(box.cut(values, np.nan, cast_to=np.float32), dtype=np.float32))
+                    sample[STRUCTURE_MAP] = cut[:, 0] if self.patch_size_was_2d else cut
                 if self.transforms is not None:
                     sample = self.transforms(**sample)
                 if data_all is None:
@@ -193,11 +207,16 @@ class PoiDataLoader(nnUNetDataLoader):
                 valid_all.append(self.channel_valid(torch.isfinite(moved).all(1).numpy(), full_res))
                 centre_all.append(int(sample.get(CENTRE_LAYER, layer)))
                 spacing_all.append(patch_spacing_mm(self.spacing, sample.get(PATCH_TO_SAMPLE)))
-        return {"data": data_all, "target": seg_all, "keys": keys,
-                "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),
-                "channel_valid": torch.from_numpy(np.stack(valid_all)),
-                "centre_layer": torch.tensor(centre_all, dtype=torch.long),
-                "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float()}
+                if STRUCTURE_MAP in sample:
+                    maps_all.append(sample[STRUCTURE_MAP].float())
+        batch = {"data": data_all, "target": seg_all, "keys": keys,
+                 "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),
+                 "channel_valid": torch.from_numpy(np.stack(valid_all)),
+                 "centre_layer": torch.tensor(centre_all, dtype=torch.long),
+                 "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float()}
+        if maps_all:
+            batch[STRUCTURE_MAP] = torch.stack(maps_all)
+        return batch
 
     def channel_valid(self, usable: np.ndarray, segmentation: torch.Tensor) -> np.ndarray:
         """Which channels have a known target in this patch (see the module docstring)."""
