@@ -8,7 +8,7 @@ of them for a ``2d`` configuration (the same axes as its ``patch_size`` and
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -17,10 +17,12 @@ from nnunetv2.configuration import ANISO_THRESHOLD
 from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
 from poi_nnunet.shape_groups import rigid_groups
 from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
+from poi_nnunet.uv.template import UvTemplate, UvTemplates
 
 from .cleaning import MIN_VOXEL_DIAGONALS
 
-POI_BLOCK_VERSION = 4  # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale
+# 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates
+POI_BLOCK_VERSION = 5
 MAX_PRIOR_SPREAD_RATIO = 0.5  # median spread / RMS radius of the mean shape above which no prior is planned
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
@@ -206,24 +208,17 @@ def shape_groups(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict
             for label, pois in sorted(carried.items())]
 
 
-def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
-                spacing: Sequence[float], sigma_mm: float, flagged: set) -> Optional[ShapePrior]:
-    """Procrustes mean shape and per-POI spread of each group (:func:`shape_groups`: per structure label,
-    rigid groups for landmark-only channels; the maths
-    in :mod:`poi_nnunet.shape_prior`), in the configuration's axes: the mean in the training cases' mean
-    orientation, the spread after fitting by translation and scale (it includes their rotations), since
-    the orientation is what names the POIs of a symmetric shape.
+def _group_means(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
+                 flagged: set) -> Iterator[Tuple[Optional[int], np.ndarray, List[Tuple[int, int]], np.ndarray, np.ndarray]]:
+    """Procrustes mean of each group of :func:`shape_groups` that has enough POIs and cases, in the
+    configuration's ``axes`` (mm, the cases' mean orientation; :func:`poi_nnunet.shape_prior.procrustes_mean`
+    on :func:`_case_shapes`, without the ``flagged`` points).
 
-    A spread is at least the heatmap sigma (a rigid phantom would otherwise give 0 and make any decoding
-    noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them, and a
-    configuration that holds: a median spread of at most :data:`MAX_PRIOR_SPREAD_RATIO` times the mean
-    shape's RMS radius. Where the POIs lie anywhere relative to each other (three polygons placed freely
-    in a landmark-only image: spread 0.92 of the radius, against 0.26 for each polygon's own corners),
-    the "prior" only adds noise to the heatmaps' choice: on that phantom it let 19% of the points written
-    sit on another landmark, against none without it. None where no group qualifies.
+    A group needs ``D + 1`` POIs, two cases that have ``D + 1`` of them, and ``D + 1`` POIs some case used.
+    Yields ``(structure, channel indices, (structure, poi) keys, mean (K, D), spread (K,))`` of the ``K``
+    POIs some case used (the shape prior and the uv templates both start here).
     """
     dim = len(axes)
-    groups: List[ShapeGroup] = []
     for structure, members, keys in shape_groups(fingerprint, mode, channels, frozenset(flagged)):
         shapes = _case_shapes(fingerprint, keys, axes, flagged)
         usable = np.isfinite(shapes).all(-1).sum(1) >= dim + 1
@@ -233,14 +228,59 @@ def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[
         keep = count > 0
         if keep.sum() < dim + 1:
             continue
-        radius = float(np.sqrt(((mean[keep] - mean[keep].mean(0)) ** 2).sum(1).mean()))
-        if np.median(np.maximum(spread[keep], sigma_mm)) > MAX_PRIOR_SPREAD_RATIO * radius:
+        yield (structure, np.asarray(members)[keep], [k for k, kept in zip(keys, keep) if kept],
+               mean[keep], spread[keep])
+
+
+def shape_prior(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
+                spacing: Sequence[float], sigma_mm: float, flagged: set) -> Optional[ShapePrior]:
+    """Procrustes mean shape and per-POI spread of each group (:func:`shape_groups`: per structure label,
+    rigid groups for landmark-only channels; the maths
+    in :mod:`poi_nnunet.shape_prior`), in the configuration's axes: the mean in the training cases' mean
+    orientation, the spread after fitting by translation and scale (it includes their rotations), since
+    the orientation is what names the POIs of a symmetric shape.
+
+    A spread is at least the heatmap sigma (a rigid phantom would otherwise give 0 and make any decoding
+    noise decisive). A group needs ``D + 1`` POIs and two cases that have ``D + 1`` of them
+    (:func:`_group_means`), and a
+    configuration that holds: a median spread of at most :data:`MAX_PRIOR_SPREAD_RATIO` times the mean
+    shape's RMS radius. Where the POIs lie anywhere relative to each other (three polygons placed freely
+    in a landmark-only image: spread 0.92 of the radius, against 0.26 for each polygon's own corners),
+    the "prior" only adds noise to the heatmaps' choice: on that phantom it let 19% of the points written
+    sit on another landmark, against none without it. None where no group qualifies.
+    """
+    groups: List[ShapeGroup] = []
+    for structure, members, _, mean, spread in _group_means(fingerprint, mode, channels, axes, flagged):
+        radius = float(np.sqrt(((mean - mean.mean(0)) ** 2).sum(1).mean()))
+        if np.median(np.maximum(spread, sigma_mm)) > MAX_PRIOR_SPREAD_RATIO * radius:
             continue  # no configuration to speak of (see the docstring)
-        groups.append(ShapeGroup(structure, tuple(int(m) for m in np.asarray(members)[keep]),
-                                 tuple(tuple(float(v) for v in row) for row in mean[keep]),
-                                 tuple(float(max(v, sigma_mm)) for v in spread[keep]),
+        groups.append(ShapeGroup(structure, tuple(int(m) for m in members),
+                                 tuple(tuple(float(v) for v in row) for row in mean),
+                                 tuple(float(max(v, sigma_mm)) for v in spread),
                                  tuple(float(v) for v in spacing)))
     return ShapePrior(tuple(float(v) for v in spacing), tuple(groups)) if groups else None
+
+
+def uv_templates(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict[str, Any]], axes: Sequence[int],
+                 flagged: set) -> Optional[UvTemplates]:
+    """The dense-correspondence templates (seed 001; :mod:`poi_nnunet.uv`): per structure label, the
+    Procrustes mean of its POIs in mm, in the configuration's axes and the cases' mean orientation
+    (:func:`_group_means`: whole-image mode, the structure labels of the channels; structure mode, each
+    label with the POI ids it carries; ``D + 1`` POIs and two cases with ``D + 1`` of them; cleaned
+    points left out). Unlike the shape prior no spread limit: a template only has to be a mean.
+
+    Structure 0 gets none (no mask says which voxels it is). None where no structure qualifies, and for a
+    configuration with fewer axes than the raw data (a ``2d`` configuration of 3D data: its slices cut
+    the structures, and the POIs are not in the slice).
+    """
+    if len(axes) != _raw_dim(fingerprint):
+        return None
+    if mode != STRUCTURE_MODE:
+        channels = [c for c in channels if int(c["structure"]) != 0]  # spare structure 0's rigid grouping
+    templates = [UvTemplate(int(structure), tuple(p for _, p in keys), mean)
+                 for structure, _, keys, mean, _ in _group_means(fingerprint, mode, channels, axes, flagged)
+                 if structure]
+    return UvTemplates(tuple(templates)) if templates else None
 
 
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
@@ -265,6 +305,9 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     * ``shape_prior``: per structure group, the channels, the Procrustes mean shape (mm) and per-POI
       spread of the training POIs (:func:`shape_prior`), with the configuration's ``spacing_mm``;
       absent where no group has enough POIs and cases.
+    * ``uv_templates``: per structure label, the POI ids and their Procrustes mean positions (mm), the
+      template of dense correspondence (:func:`uv_templates`, :mod:`poi_nnunet.uv`); absent where no
+      structure qualifies (landmark-only data, a ``2d`` configuration of 3D data).
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
     """
@@ -282,6 +325,7 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     fraction = summary["poi_bearing_fraction"]
     channels = poi_channels(summary, mode, names)
     prior = shape_prior(fingerprint, mode, channels, axes, spacing, sigma, flagged_set)
+    templates = uv_templates(fingerprint, mode, channels, axes, flagged_set)
     block = {
         "version": POI_BLOCK_VERSION,
         "axes": "nnU-Net's transposed array axes, as patch_size and spacing",
@@ -304,6 +348,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     }
     if prior is not None:
         block["shape_prior"] = prior.to_block()
+    if templates is not None:
+        block["uv_templates"] = templates.to_block()
     return block
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from .errors import PoiNnunetError
 from .shape_prior import ShapePrior
+from .uv.template import UvTemplates
 
 # Crop modes, defined here once (the planner, the loaders and the predictor import them).
 STRUCTURE_MODE = "structure_with_neighbours"
@@ -54,6 +55,9 @@ class PoiPlan:
     * ``shape_prior``: the training POIs' Procrustes mean shape and spread per structure group, which
       decides ambiguous peak assignments (:mod:`poi_nnunet.shape_prior`); None for plans made before
       it was planned (decoding then goes by the heatmaps alone).
+    * ``uv_templates``: per structure label, the template (POI ids and mean positions in mm) that the
+      dense-correspondence (uv) maps are normalised over (:mod:`poi_nnunet.uv`); None for plans made before
+      it was planned, landmark-only datasets and ``2d`` configurations of 3D data.
     """
 
     crop_mode: str
@@ -67,6 +71,7 @@ class PoiPlan:
     poi_channels: Tuple[Mapping[str, Any], ...]
     separation_sigmas: float = float("inf")
     shape_prior: Optional[ShapePrior] = None
+    uv_templates: Optional[UvTemplates] = None
 
     @property
     def num_channels(self) -> int:
@@ -105,6 +110,7 @@ class PoiPlan:
                 separation_sigmas=float(block.get("poi_separation_mm", float("inf")))
                 / float(block["heatmap_sigma_mm"]),  # unknown separation: no limit
                 shape_prior=ShapePrior.from_block(block.get("shape_prior")),
+                uv_templates=UvTemplates.from_block(block.get("uv_templates")),
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "
