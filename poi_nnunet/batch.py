@@ -10,7 +10,7 @@ and its named terms for the log.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ class PoiBatch:
     # Fraction of training done (current_epoch / num_epochs), for losses whose targets follow a schedule;
     # 1 (the end state: the planned targets) where no trainer fills it.
     progress: float = 1.0
+    # (B, K, *patch) float: per-voxel anatomical values (uv template coordinates), NaN where undefined;
+    # None where the loader provides none (every method but ``uv``)
+    structure_map: Optional[Tensor] = None
 
     @classmethod
     def from_loader(cls, batch: Mapping[str, Tensor], device: Union[str, torch.device],
@@ -35,8 +38,9 @@ class PoiBatch:
         def move(name: str) -> Tensor:
             return batch[name].to(device, non_blocking=True)
 
+        structure_map = move("structure_map").float() if "structure_map" in batch else None
         return cls(move("keypoints").float(), move("keypoints_inside").bool(), move("channel_valid").bool(),
-                   move("centre_layer").long(), move("patch_spacing_mm").float(), float(progress))
+                   move("centre_layer").long(), move("patch_spacing_mm").float(), float(progress), structure_map)
 
 
 @dataclass

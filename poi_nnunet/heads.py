@@ -34,7 +34,8 @@ class HeatmapHead(nn.Module):
 
 
 class SegmentationAndHeatmaps(nn.Module):
-    """Drop-in for the decoder's last 1x1 convolution: segmentation logits, then heatmap channels.
+    """Drop-in for the decoder's last 1x1 convolution: segmentation logits, then the head's channels
+    (heatmaps, or the ``uv`` trainer's template coordinates).
 
     Concatenating keeps nnU-Net's single output tensor, so its sliding window, mirroring and
     deep-supervision plumbing (which only read the full-resolution output's first channels for
@@ -52,10 +53,54 @@ class SegmentationAndHeatmaps(nn.Module):
 
 def add_heatmap_head(network: nn.Module, num_heatmaps: int) -> nn.Module:
     """Replace ``network.decoder.seg_layers[-1]`` of an nnU-Net network by segmentation + :class:`HeatmapHead`."""
+    last = _last_segmentation_layer(network)
+    network.decoder.seg_layers[-1] = SegmentationAndHeatmaps(last, HeatmapHead(type(last), last.in_channels, num_heatmaps))
+    return network
+
+
+def _last_segmentation_layer(network: nn.Module) -> nn.Module:
     try:
-        last = network.decoder.seg_layers[-1]
+        return network.decoder.seg_layers[-1]
     except AttributeError:
         raise TypeError(f"{type(network).__name__} has no decoder.seg_layers: not an nnU-Net U-Net") from None
-    conv_op = type(last)
-    network.decoder.seg_layers[-1] = SegmentationAndHeatmaps(last, HeatmapHead(conv_op, last.in_channels, num_heatmaps))
+
+
+class ResidualUnit(nn.Module):
+    """``x + norm(conv(lrelu(norm(conv(x)))))`` then LeakyReLU, at constant width (3x3[x3] kernels)."""
+
+    def __init__(self, conv_op: Type[nn.Module], norm_op: Type[nn.Module], channels: int):
+        super().__init__()
+        self.body = nn.Sequential(conv_op(channels, channels, kernel_size=3, padding=1, bias=False),
+                                  norm_op(channels, affine=True), nn.LeakyReLU(0.01, inplace=True),
+                                  conv_op(channels, channels, kernel_size=3, padding=1, bias=False),
+                                  norm_op(channels, affine=True))
+        self.nonlin = nn.LeakyReLU(0.01, inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.nonlin(x + self.body(x))
+
+
+class UvHead(nn.Module):
+    """Two residual units on the decoder's last features, then a 1x1 convolution to the ``D`` template
+    coordinates, bounded to ``[-1, 1]`` by ``tanh`` (DenseSeg's regression head, seed 001 sec. 3.3).
+
+    One ``D``-channel map serves every structure: nnU-Net's label map holds one label per voxel, so the
+    segmentation says whose template a voxel's coordinates refer to, and the head's width does not grow
+    with the number of structures or landmarks.
+    """
+
+    def __init__(self, conv_op: Type[nn.Module], in_channels: int, dim: int):
+        super().__init__()
+        norm_op = nn.InstanceNorm3d if conv_op is nn.Conv3d else nn.InstanceNorm2d
+        self.units = nn.Sequential(ResidualUnit(conv_op, norm_op, in_channels), ResidualUnit(conv_op, norm_op, in_channels))
+        self.out = conv_op(in_channels, dim, kernel_size=1, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.out(self.units(x)))
+
+
+def add_uv_head(network: nn.Module, dim: int) -> nn.Module:
+    """Replace ``network.decoder.seg_layers[-1]`` by segmentation + :class:`UvHead` (``dim`` channels)."""
+    last = _last_segmentation_layer(network)
+    network.decoder.seg_layers[-1] = SegmentationAndHeatmaps(last, UvHead(type(last), last.in_channels, dim))
     return network
