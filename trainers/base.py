@@ -10,7 +10,8 @@ A method (``heatmap``, ``coarse_refine``, ...) is a small subclass that override
   ``network(data)``);
 * :meth:`PoiTrainer.segmentation_output`: where the segmentation logits are in its output;
 * class attributes: ``data_loader_class`` (the loader), ``predictor_class`` (the predictor that
-  ``poi_predict`` and the end-of-training validation use), ``p_elastic_deform``.
+  ``poi_predict`` and the end-of-training validation use), ``p_elastic_deform``;
+  :meth:`PoiTrainer.loader_arguments` for what its loader takes beyond the base's.
 
 The base owns the typed plan (:class:`~poi_nnunet.plan.PoiPlan`), the channel layout, the
 preprocessed points, mirror settings and pair swaps, the loaders and augmentation, one
@@ -68,6 +69,10 @@ class PoiTrainer(nnUNetTrainer):
     def build_poi_loss(self, segmentation_loss: Optional[nn.Module]) -> nn.Module:
         """The method's loss around nnU-Net's (None for a landmark-only dataset)."""
         raise NotImplementedError(f"{type(self).__name__} must define build_poi_loss")
+
+    def loader_arguments(self) -> dict:
+        """Keyword arguments the method's ``data_loader_class`` takes beyond :class:`PoiDataLoader`'s."""
+        return {}
 
     def forward_network(self, data: torch.Tensor, batch: PoiBatch):
         """Run the network on a batch; what it returns is what the loss gets as ``output``."""
@@ -254,7 +259,7 @@ class PoiTrainer(nnUNetTrainer):
                       structure_centred=self.poi_plan.structure_mode, spacing=spacing,
                       centre_shift=centre_shift_voxels(self.poi_plan, spacing, patch_size),
                       oversample_foreground_percent=self.oversample_foreground_percent,
-                      probabilistic_oversampling=self.probabilistic_oversampling)
+                      probabilistic_oversampling=self.probabilistic_oversampling, **self.loader_arguments())
         loader = self.data_loader_class
         dl_tr = loader(dataset_tr, self.batch_size, initial_patch_size, patch_size, transforms=tr_transforms, **common)
         dl_val = loader(dataset_val, self.batch_size, patch_size, patch_size, transforms=val_transforms, **common)
