@@ -23,6 +23,7 @@ CONVERTERS = {
     "synthetic-spine": "dataset_conversion.synthetic_spine",
     "synthetic-xray": "dataset_conversion.synthetic_xray",
     "synthetic-polygons": "dataset_conversion.synthetic_polygons",
+    "synthetic-wrist": "dataset_conversion.synthetic_wrist",
 }
 
 
