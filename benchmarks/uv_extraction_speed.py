@@ -128,7 +128,8 @@ def accuracy(points: int, noises: Sequence[float]) -> None:
                 noisy = uv + rng.normal(0.0, noise, uv.shape) if noise > 0 else uv
                 cells = []
                 for _, kwargs in VARIANTS:
-                    err = np.linalg.norm(extract_template_points(noisy, mask, targets, **kwargs).positions - truth, axis=1)
+                    got = extract_template_points(noisy, mask, targets, **kwargs).positions
+                    err = np.linalg.norm(got - truth, axis=1)
                     cells.append(f"{err.mean():.3f} / {np.percentile(err, 95):.3f}")
                 label = f"{name} {'warped' if warped else 'affine'}"
                 print(f"| {label} | {noise:g} | " + " | ".join(cells) + " |")
