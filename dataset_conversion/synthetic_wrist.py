@@ -28,11 +28,12 @@ shell with a brighter cortex rim, over soft tissue); the label map holds one
 label per pixel, and the higher label is drawn on top (metacarpal bases over
 the distal carpals, the pisiform over the triquetrum). A landmark always lies
 on its own bone's true outline and keeps that bone as its structure, also
-where a higher label covers that part of the outline (then it sits inside
-the other bone's label: a few percent of the points, mostly on the
-triquetrum under the pisiform and on the distal carpals under the
-metacarpal bases). Every bone keeps most of its area visible. No mirror pairs
-(one hand). Same seed, same case, bit for bit.
+where a higher label covers that part of the outline: then it sits inside
+the other bone's label (about 8 % of the points over 30 cases: up to half of
+the triquetrum's under the pisiform, a third of the capitate's, trapezium's
+and lunate's under their neighbours and the metacarpal bases). Every bone
+keeps a visible area: at least 43 % of its own (the triquetrum), most bones
+over 90 %. No mirror pairs (one hand). Same seed, same case, bit for bit.
 """
 from __future__ import annotations
 
