@@ -13,7 +13,7 @@ What is written:
   labelsTr/<case>        1 radius, 2 ulna, 3 radius_epiphysis, 4 ulna_epiphysis, 5 scaphoid, 6 lunate,
                          7 triquetrum, 8 pisiform, 9 trapezium, 10 trapezoid, 11 capitate, 12 hamate,
                          13-17 metacarpal_1..5
-  poisTr/<case>.json     720 contour landmarks, 24-61 per bone (in proportion to its outline's length),
+  poisTr/<case>.json     720 contour landmarks, 23-66 per bone (in proportion to its outline's length),
                          POI ids 1..720 consecutive in label order; structure = the bone's label
 
 Shapes (:mod:`dataset_conversion.synthetic_wrist_bones`): each bone is a
