@@ -3,7 +3,7 @@
 Order: validate the raw dataset (unless an unchanged, already validated
 fingerprint is reused), nnU-Net's fingerprint plus the POI fingerprint,
 cleaning, nnU-Net's planning with ``poi`` blocks, nnU-Net's preprocessing with
-POI files. Everything is built in a staging folder and published at the end,
+POI files and uv maps. Everything is built in a staging folder and published at the end,
 so a failure leaves the previous state (or nothing) behind, never a half.
 """
 from __future__ import annotations
@@ -123,7 +123,8 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         preprocessor.show_progress_bar = progress
         preprocessor.run(name, config, PLANS_IDENTIFIER, n)
         identifier = manager.get_configuration(config).data_identifier
-        for folder in (identifier, identifier + "_pois"):  # POI files sit beside nnU-Net's data folder
+        # POI files and uv maps (where the plan has uv templates) sit beside nnU-Net's data folder
+        for folder in (identifier, identifier + "_pois", identifier + "_uv"):
             if folder not in data_folders:
                 data_folders.append(folder)
     if processes and not landmark_only:
