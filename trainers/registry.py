@@ -11,10 +11,12 @@ from poi_nnunet.errors import PoiNnunetError
 from .coarse_refine import PoiCoarseRefineTrainer
 from .heatmap import PoiHeatmapTrainer
 from .heatmap_variants import VARIANTS
+from .uv import PoiUvTrainer
 
 TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
     "heatmap": PoiHeatmapTrainer,
     "coarse_refine": PoiCoarseRefineTrainer,
+    "uv": PoiUvTrainer,
     # nnU-Net's own trainer, unchanged (segmentation only): the plain baseline, and the last stage of
     # the point-supervision pipeline, trained with the same command on the same plans
     "nnunet": nnUNetTrainer,

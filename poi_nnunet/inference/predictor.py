@@ -62,7 +62,7 @@ class CasePrediction:
     """One case's network output in preprocessed space, and the points decoded from it."""
 
     segmentation_logits: torch.Tensor  # (n_seg, z, y, x), CPU, as nnU-Net returns them (float16)
-    heatmaps: torch.Tensor  # (C, z, y, x), CPU, float16
+    heatmaps: torch.Tensor  # (C, z, y, x), CPU, float16: the point channels (heatmaps; uv: the D coordinates)
     points: DecodedPoints  # preprocessed coordinates
     segmentation: Optional[np.ndarray] = None  # (z, y, x) labels in preprocessed space the points were decoded in
 
