@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instance label maps <case><file_ending> on the input images' grids (e.g. a raw "
                         "dataset's labelsTs): points are looked for in these structures instead of the model's "
                         "own segmentation (coarse_refine then skips its segmentation pass and writes these labels)")
+    parser.add_argument("--add-points", "--add_points", dest="add_points", default=None, metavar="FILE",
+                        help="uv models only: also find the points of FILE, a unified-format points file of one "
+                        "training case named <case>.json, holding new POI ids (each with its structure); each is "
+                        "mapped to template coordinates through that case and looked for in every input case, "
+                        "without retraining (reads the case from $nnUNet_preprocessed)")
     parser.add_argument("--overwrite", action="store_true", help="predict cases whose outputs already exist")
     parser.add_argument("--no_pbar", action="store_true", help="hide the progress bar")
     return parser
@@ -81,6 +86,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise PoiNnunetError(f"--min_confidence must be in [0, 1], got {args.min_confidence}")
     if args.labels is not None and not Path(args.labels).is_dir():
         raise PoiNnunetError(f"--labels {args.labels}: no such folder")
+    if args.add_points is not None and not Path(args.add_points).is_file():
+        raise PoiNnunetError(f"--add-points {args.add_points}: no such file")
     from ..inference.inputs import check_dimensionality, list_input_cases
     from ..inference.model import predictor_for
     from ..trained_models import find_model
@@ -96,9 +103,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     predictor = predictor_for(model, folds, args.chk, args.device, use_mirroring=not args.disable_tta,
                               tile_step_size=args.step_size, **options)
     print(f"model {model.path}, folds {predictor.folds}; {len(cases)} case(s) in {args.i}")
+    if args.add_points is not None:
+        from ..inference.added_points import add_points_to_predictor
+
+        print(f"added {add_points_to_predictor(predictor, args.add_points)} point(s) from {args.add_points}")
     arguments = {"input": args.i, "model": str(model.path), "folds": predictor.folds, "checkpoint": args.chk,
                  "device": args.device, "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
-                 "min_confidence": predictor.min_confidence, "labels": args.labels}
+                 "min_confidence": predictor.min_confidence, "labels": args.labels, "add_points": args.add_points}
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)
     write_run_files(out, model.dataset_json, model.plans, arguments)
