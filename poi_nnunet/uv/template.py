@@ -12,7 +12,7 @@ The plans hold the templates as ``poi.uv_templates`` (see :meth:`UvTemplates.to_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -135,7 +135,7 @@ class UvTemplates:
     def __len__(self) -> int:
         return len(self.templates)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[UvTemplate]:
         return iter(self.templates)
 
     def to_block(self) -> Dict[str, Any]:
