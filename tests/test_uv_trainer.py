@@ -128,10 +128,14 @@ def test_added_point_outside_its_structure_is_a_clear_error(env: Dict[str, Path]
     assert "point 91234 of structure" in capsys.readouterr().err
 
 
-def test_uv_trains_in_3d_structure_mode(env: Dict[str, Path]) -> None:
-    assert _plan(env, "Dataset522_Spine", "3d_fullres").uv_templates.dim == 3
+def test_uv_trains_and_predicts_in_3d_structure_mode(env: Dict[str, Path]) -> None:
+    plan = _plan(env, "Dataset522_Spine", "3d_fullres")
+    assert plan.structure_mode and plan.uv_templates.dim == 3
     assert train_main(["522", "3d_fullres", "uv", "-f", "all", "-device", "cpu", "--epochs", "1",
-                       "--iterations_per_epoch", "1", "--no_validation"]) == 0
-    log = next((env["nnUNet_results"] / "Dataset522_Spine" / "PoiUvTrainer__poiPlans__3d_fullres" / "fold_all")
-               .glob("training_log*.txt")).read_text()
+                       "--iterations_per_epoch", "1"]) == 0
+    fold = env["nnUNet_results"] / "Dataset522_Spine" / "PoiUvTrainer__poiPlans__3d_fullres" / "fold_all"
+    log = next(fold.glob("training_log*.txt")).read_text()
     assert "uv_l1" in log and "uv_lm" in log and "uv_tv" in log
+    # the end-of-training validation predicted every training case with the uv predictor and evaluated it
+    assert (fold / "validation" / "evaluation" / "summary.json").is_file()
+    assert len(list((fold / "validation").glob("*.mrk.json"))) == 4
