@@ -7,11 +7,13 @@ index, so a case is identical whether it is generated alone, in a dataset of
 from __future__ import annotations
 
 import argparse
-from typing import Iterator, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
 from poi_nnunet.errors import PoiNnunetError
+from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 
 from ._output import add_output_arguments
 
@@ -64,3 +66,19 @@ def check_shape(shape: Sequence[int], dims: int, minimum: int) -> Tuple[int, ...
     if len(shape) != dims or any(s < minimum for s in shape):
         raise PoiNnunetError(f"shape must be {dims} sizes of at least {minimum} voxels, got {list(shape)}")
     return shape
+
+
+def write_synthetic_dataset(target: Path, prefix: str, fields: Tuple[Dict[str, str], Dict[str, Any], Any, Dict[str, Any]],
+                            make_case: Callable[..., CaseData], num_cases: int, num_test: int, seed: int,
+                            overwrite: bool, **case_options: Any) -> Path:
+    """Write a validated phantom dataset: ``make_case(case_id, case_seed, **case_options)`` for every case of
+    :func:`planned_cases`, through a :class:`DatasetWriter` built from the dataset.json ``fields``
+    ``(channels, labels, poi names, extra keys)``; nothing appears unless the whole dataset is valid."""
+    target = Path(target)
+    channels, labels, names, extra = fields
+    with DatasetWriter(target, channels, labels, pois=names, extra=extra, overwrite=overwrite) as writer:
+        for case_id, case_seed, split in planned_cases(prefix, num_cases, num_test, seed):
+            case = make_case(case_id, case_seed, **case_options)
+            case.split = split
+            writer.add_case(case)
+    return target

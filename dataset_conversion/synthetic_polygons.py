@@ -47,10 +47,11 @@ from scipy import ndimage
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._output import output_folder
-from .synthetic_common import add_synthetic_arguments, check_shape, child_generators, float32_exact, planned_cases
+from .synthetic_common import (add_synthetic_arguments, check_shape, child_generators, float32_exact,
+                               write_synthetic_dataset)
 from .synthetic_contours import polygon_occupancy
 
 HELP = "synthetic 2D polygons: a triangle, a quad and a pentagon with their 12 vertices as landmarks"
@@ -251,15 +252,8 @@ def make_polygon_case(case_id: str, seed: int, shape=DEFAULT_SHAPE, masks: bool 
 def write_polygon_dataset(target: Path, num_cases: int = 32, seed: int = 0, num_test: int = 0, masks: bool = True,
                           overwrite: bool = False, **case_options: Any) -> Path:
     """Write a validated dataset folder ``target`` of polygons cases (see the module docstring)."""
-    target = Path(target)
-    channels, labels, names, extra = polygons_dataset_json_fields(masks)
-    plan = list(planned_cases("polygons", num_cases, num_test, seed))
-    with DatasetWriter(target, channels, labels, pois=names, extra=extra, overwrite=overwrite) as writer:
-        for case_id, case_seed, split in plan:
-            case = make_polygon_case(case_id, case_seed, masks=masks, **case_options)
-            case.split = split
-            writer.add_case(case)
-    return target
+    return write_synthetic_dataset(target, "polygons", polygons_dataset_json_fields(masks), make_polygon_case, num_cases, num_test, seed, overwrite,
+                                   masks=masks, **case_options)
 
 
 # ---------------------------------------------------------------------------- poi_convert synthetic-polygons

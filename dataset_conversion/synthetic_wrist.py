@@ -49,10 +49,11 @@ from scipy import ndimage
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet
-from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
+from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._output import output_folder
-from .synthetic_common import add_synthetic_arguments, check_shape, child_generators, float32_exact, planned_cases
+from .synthetic_common import (add_synthetic_arguments, check_shape, child_generators, float32_exact,
+                               write_synthetic_dataset)
 from .synthetic_contours import polygon_occupancy
 from .synthetic_wrist_bones import (BONES, LANDMARK_PARAMETERS, bone_outline, dense_parameters, draw_variation,
                                     poi_ids)
@@ -227,15 +228,8 @@ def make_wrist_case(case_id: str, seed: int, shape: Sequence[int] = DEFAULT_SHAP
 def write_wrist_dataset(target: Path, num_cases: int = 40, seed: int = 0, num_test: int = 0, overwrite: bool = False,
                         **case_options: Any) -> Path:
     """Write a validated dataset folder ``target`` of synthetic wrist X-rays (see the module docstring)."""
-    target = Path(target)
-    channels, labels, names, extra = wrist_dataset_json_fields()
-    plan = list(planned_cases("wrist", num_cases, num_test, seed))
-    with DatasetWriter(target, channels, labels, pois=names, extra=extra, overwrite=overwrite) as writer:
-        for case_id, case_seed, split in plan:
-            case = make_wrist_case(case_id, case_seed, **case_options)
-            case.split = split
-            writer.add_case(case)
-    return target
+    return write_synthetic_dataset(target, "wrist", wrist_dataset_json_fields(), make_wrist_case, num_cases, num_test, seed, overwrite,
+                                   **case_options)
 
 
 # ---------------------------------------------------------------------------- poi_convert synthetic-wrist
