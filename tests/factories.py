@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -81,3 +80,26 @@ def use_nnunet_folders(folders: dict, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, str(value))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
+
+
+def planned_xray_and_spine(base: Path, xray: int, spine: int, xray_cases: int, spine_cases: int,
+                           xray_shape=(48, 48), spine_shape=(32, 24, 24), num_test: int = 0,
+                           spine_seed: int = 0) -> dict:
+    """nnU-Net folders under ``base`` with the X-ray phantom (``Dataset<xray>_Xray``, planned 2d) and the spine
+    phantom (``Dataset<spine>_Spine``, planned 3d_fullres); returns ``{"nnUNet_raw": path, ...}``."""
+    from dataset_conversion.synthetic_spine import write_spine_dataset
+    from dataset_conversion.synthetic_xray import write_xray_dataset
+    from poi_nnunet.cli.plan_and_preprocess import main as plan_main
+
+    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, path in env.items():
+            path.mkdir()
+            mp.setenv(key, str(path))
+        write_xray_dataset(env["nnUNet_raw"] / f"Dataset{xray}_Xray", num_cases=xray_cases, num_test=num_test,
+                           shape=tuple(xray_shape))
+        write_spine_dataset(env["nnUNet_raw"] / f"Dataset{spine}_Spine", num_cases=spine_cases, num_test=min(num_test, 1),
+                            seed=spine_seed, shape=tuple(spine_shape))
+        for dataset, config in ((xray, "2d"), (spine, "3d_fullres")):
+            assert plan_main(["-d", str(dataset), "-c", config, "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
+    return env

@@ -19,7 +19,7 @@ from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence
 from trainers.heatmap_variants.ds import DeepSupervisedHeatmapLoss
 from trainers.heatmap_variants.scn import SpatialConfiguration, SpatialConfigurationHeatmaps
 from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
-from tests.factories import use_nnunet_folders
+from tests.factories import planned_xray_and_spine, use_nnunet_folders
 
 AMPLITUDE = 10.0
 
@@ -280,21 +280,8 @@ def test_deep_supervision_weights_halve_per_level_with_the_lowest_at_zero() -> N
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     """Two tiny planned datasets: 506 X-ray (2D, whole image, with masks), 507 spine (3D, structure mode)."""
-    from dataset_conversion.synthetic_spine import write_spine_dataset
-    from dataset_conversion.synthetic_xray import write_xray_dataset
-    from poi_nnunet.cli.plan_and_preprocess import main as plan_main
-
-    base = tmp_path_factory.mktemp("variants")
-    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            v.mkdir()
-            mp.setenv(k, str(v))
-        write_xray_dataset(env["nnUNet_raw"] / "Dataset506_Xray", num_cases=3, shape=(48, 48))
-        write_spine_dataset(env["nnUNet_raw"] / "Dataset507_Spine", num_cases=3, seed=3, shape=(32, 24, 24))
-        for dataset, config in (("506", "2d"), ("507", "3d_fullres")):
-            assert plan_main(["-d", dataset, "-c", config, "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
-    return env
+    return planned_xray_and_spine(tmp_path_factory.mktemp("variants"), 506, 507, xray_cases=3, spine_cases=3,
+                                  spine_seed=3)
 
 
 @pytest.fixture

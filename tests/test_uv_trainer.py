@@ -14,34 +14,21 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from dataset_conversion.synthetic_spine import write_spine_dataset
-from dataset_conversion.synthetic_xray import write_xray_dataset
 from poi_nnunet.cli.evaluate import main as evaluate_main
-from poi_nnunet.cli.plan_and_preprocess import main as plan_main
 from poi_nnunet.cli.predict import main as predict_main
 from poi_nnunet.cli.train import main as train_main
 from poi_nnunet.inference.added_points import added_template_points
 from poi_nnunet.plan import PoiPlan
 from poi_nnunet.pois import PoiSet, read_poi_file, write_poi_file
-from tests.factories import use_nnunet_folders
+from tests.factories import planned_xray_and_spine, use_nnunet_folders
 
 SHORT = ["-device", "cpu", "--epochs", "2", "--iterations_per_epoch", "2"]
 
 
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    base = tmp_path_factory.mktemp("uv")
-    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
-    for path in env.values():
-        path.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, str(v))
-        write_xray_dataset(env["nnUNet_raw"] / "Dataset521_Xray", num_cases=6, num_test=2, shape=(64, 64))
-        write_spine_dataset(env["nnUNet_raw"] / "Dataset522_Spine", num_cases=4, num_test=1, shape=(40, 32, 32))
-        for dataset, config in (("521", "2d"), ("522", "3d_fullres")):
-            assert plan_main(["-d", dataset, "-c", config, "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
-    return env
+    return planned_xray_and_spine(tmp_path_factory.mktemp("uv"), 521, 522, xray_cases=6, spine_cases=4, num_test=2,
+                                  xray_shape=(64, 64), spine_shape=(40, 32, 32))
 
 
 @pytest.fixture
