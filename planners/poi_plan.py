@@ -21,8 +21,9 @@ from poi_nnunet.uv.template import UvTemplate, UvTemplates
 
 from .cleaning import MIN_VOXEL_DIAGONALS
 
-# 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates
-POI_BLOCK_VERSION = 5
+# 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates;
+# 6: heatmap_deep_supervision
+POI_BLOCK_VERSION = 6
 MAX_PRIOR_SPREAD_RATIO = 0.5  # median spread / RMS radius of the mean shape above which no prior is planned
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
@@ -283,6 +284,20 @@ def uv_templates(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict
     return UvTemplates(tuple(templates)) if templates else None
 
 
+def heatmap_deep_supervision(summary: Dict[str, Any]) -> bool:
+    """Whether the heatmaps get heads and targets at the decoder's lower resolutions too.
+
+    Always, in plans of this version (older plans lack the key and keep their models' single head). The
+    lower decoder stages otherwise learn landmarks only through the full-resolution head, and in a
+    landmark-only dataset nothing else teaches them (no segmentation deep supervision): on the
+    landmark-only polygon phantom, 2000 CPU iterations gave a mean error over all points of 11.7 mm with
+    41 % of the points on another landmark without it, 0.51 mm and 1 % with it (0.67 mm after 500). With
+    masks it does no harm: on the polygon phantom with masks 0.43 mm mean / 0.23 mm median over all points
+    after 2000 iterations against 0.44 / 0.26 without (p95 1.85 against 1.69 mm; Dice 0.980 and 0.979).
+    """
+    return True
+
+
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
               thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str]) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
@@ -302,6 +317,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     * ``elastic_magnitude_voxels`` / ``elastic_scale``: elastic deformation ranges for methods that
       deform (see :func:`elastic_magnitude_voxels`).
     * ``poi_channels``: output channel order, ``{"structure": int or None, "poi": int, "name": str}``.
+    * ``heatmap_deep_supervision``: heatmap heads and targets at the decoder's lower resolutions too
+      (:func:`heatmap_deep_supervision`).
     * ``shape_prior``: per structure group, the channels, the Procrustes mean shape (mm) and per-POI
       spread of the training POIs (:func:`shape_prior`), with the configuration's ``spacing_mm``;
       absent where no group has enough POIs and cases.
@@ -342,6 +359,7 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         "elastic_scale": list(ELASTIC_SCALE),
         "poi_bearing_fraction": None if fraction is None else round(fraction["p50"], 4),
         "poi_channels": channels,
+        "heatmap_deep_supervision": heatmap_deep_supervision(summary),
         "cleaning": {"max_surface_distance_mm": {k: round(v, 3) for k, v in thresholds.items()},
                      "min_voxel_diagonals": MIN_VOXEL_DIAGONALS, "num_flagged": len(flagged),
                      "report": "poi_cleaning.json"},

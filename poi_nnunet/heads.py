@@ -58,6 +58,18 @@ def add_heatmap_head(network: nn.Module, num_heatmaps: int) -> nn.Module:
     return network
 
 
+def add_lower_heatmap_heads(network: nn.Module, num_heatmaps: int) -> nn.Module:
+    """Give every lower decoder stage's output layer a :class:`HeatmapHead` too (after
+    :func:`add_heatmap_head`), so each deep-supervision output ends in heatmap channels as the full-resolution
+    one does. Only nnU-Net's deep supervision runs those layers: inference never does."""
+    _last_segmentation_layer(network)  # an nnU-Net U-Net, or a clear error
+    layers = network.decoder.seg_layers
+    for i in range(len(layers) - 1):
+        conv = layers[i]
+        layers[i] = SegmentationAndHeatmaps(conv, HeatmapHead(type(conv), conv.in_channels, num_heatmaps))
+    return network
+
+
 def _last_segmentation_layer(network: nn.Module) -> nn.Module:
     try:
         return network.decoder.seg_layers[-1]

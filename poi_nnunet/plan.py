@@ -55,6 +55,9 @@ class PoiPlan:
     * ``shape_prior``: the training POIs' Procrustes mean shape and spread per structure group, which
       decides ambiguous peak assignments (:mod:`poi_nnunet.shape_prior`); None for plans made before
       it was planned (decoding then goes by the heatmaps alone).
+    * ``heatmap_deep_supervision``: heatmap heads on the decoder's lower deep-supervision outputs too,
+      trained at their resolutions (:class:`trainers.heatmap_loss.DeepSupervisedHeatmapLoss`); False for
+      plans made before it was planned, whose models have no such heads.
     * ``uv_templates``: per structure label, the template (POI ids and mean positions in mm) that the
       dense-correspondence (uv) maps are normalised over (:mod:`poi_nnunet.uv`); None for plans made before
       it was planned, landmark-only datasets and ``2d`` configurations of 3D data.
@@ -71,6 +74,7 @@ class PoiPlan:
     poi_channels: Tuple[Mapping[str, Any], ...]
     separation_sigmas: float = float("inf")
     shape_prior: Optional[ShapePrior] = None
+    heatmap_deep_supervision: bool = False
     uv_templates: Optional[UvTemplates] = None
 
     @property
@@ -110,6 +114,7 @@ class PoiPlan:
                 separation_sigmas=float(block.get("poi_separation_mm", float("inf")))
                 / float(block["heatmap_sigma_mm"]),  # unknown separation: no limit
                 shape_prior=ShapePrior.from_block(block.get("shape_prior")),
+                heatmap_deep_supervision=bool(block.get("heatmap_deep_supervision", False)),
                 uv_templates=UvTemplates.from_block(block.get("uv_templates")),
             )
         except KeyError as exc:

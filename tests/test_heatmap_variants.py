@@ -16,10 +16,10 @@ from poi_nnunet.heatmaps import render_gaussian_heatmaps
 from poi_nnunet.plan import PoiPlan
 from trainers.heatmap_variants import VARIANTS
 from trainers.heatmap_variants.coord import HeatmapCoordinateLoss, js_divergence, peak_holding_beta
-from trainers.heatmap_variants.ds import DeepSupervisedHeatmapLoss
 from trainers.heatmap_variants.scn import SpatialConfiguration, SpatialConfigurationHeatmaps
 from trainers.heatmap_variants.sigma import AnnealedSigmaHeatmapLoss
 from tests.factories import planned_xray_and_spine, use_nnunet_folders
+from trainers.heatmap_loss import DeepSupervisedHeatmapLoss
 
 AMPLITUDE = 10.0
 
@@ -261,6 +261,31 @@ def test_lower_resolution_targets_move_points_and_sigma_by_the_patch_ratio() -> 
     assert float(quarter[0, 0, 2, 5]) == pytest.approx(9.248, abs=1e-3)
 
 
+def test_the_plan_switches_lower_heatmap_heads_on_and_old_plans_keep_one_head() -> None:
+    from dataclasses import replace
+
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from torch import nn
+
+    from poi_nnunet.heads import SegmentationAndHeatmaps
+    from trainers.heatmap import PoiHeatmapTrainer
+    from trainers.heatmap_variants.single import PoiHeatmapSingleTrainer
+
+    old, _ = whole_image(3, 2)
+    assert old.heatmap_deep_supervision is False  # a block without the key: the models trained on it
+    new = replace(old, heatmap_deep_supervision=True)
+
+    def lower_heads(cls, plan) -> int:
+        net = PlainConvUNet(1, 3, (8, 16, 32), nn.Conv2d, 3, (1, 2, 2), 1, 2, 1, conv_bias=True,
+                            norm_op=nn.InstanceNorm2d, nonlin=nn.LeakyReLU, deep_supervision=True)
+        net = cls.add_poi_heads(net, plan, None, 1, 2)
+        return sum(isinstance(layer, SegmentationAndHeatmaps) for layer in net.decoder.seg_layers[:-1])
+
+    assert lower_heads(PoiHeatmapTrainer, old) == 0
+    assert lower_heads(PoiHeatmapTrainer, new) == 1  # 3 stages: 2 decoder outputs, 1 below full resolution
+    assert lower_heads(PoiHeatmapSingleTrainer, new) == 0
+
+
 def test_deep_supervision_weights_halve_per_level_with_the_lowest_at_zero() -> None:
     """All-zero predictions at four levels, one whole peak each: 1 at full resolution (the heatmap trainer's
     term), then 1/2 + 1/4 + 0 from the lower levels."""
@@ -306,6 +331,7 @@ def test_each_variant_builds_from_the_plans_and_takes_a_training_step(env, name:
     assert np.isfinite(out["loss"]) and "poi_loss" in out
     expected = {"heatmap_coord": "js_loss", "heatmap_sigma": "sigma_voxels", "heatmap_ds": "poi_loss_ds"}
     assert name not in expected or expected[name] in out  # the variant's own term is in the step
+    assert ("poi_loss_ds" in out) == (name == "heatmap_ds")  # the others are compared alone
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, trainer.network.parameters()))
     # the network poi_predict rebuilds from the plans takes the trained weights
     rebuilt = type(trainer).build_network_architecture(
@@ -343,3 +369,13 @@ def test_trainer_hands_the_loss_its_training_progress(env) -> None:
     trainer.current_epoch = 3
     assert trainer.loss.sigma_voxels(trainer._on_device(batch)[2]) == pytest.approx(
         tuple(s for s in trainer.poi_plan.heatmap_sigma_voxels))
+
+
+def test_new_plans_supervise_heatmaps_deeply_and_the_heatmap_trainer_follows(env) -> None:
+    from poi_nnunet.trainer_factory import build_trainer
+
+    trainer = build_trainer("506", "2d", "heatmap", "all", "poiPlans", device="cpu", epochs=1, iterations_per_epoch=1)
+    assert trainer.poi_plan.heatmap_deep_supervision is True
+    trainer.initialize()
+    out = trainer.train_step(next(trainer.get_dataloaders()[0]))
+    assert "poi_loss_ds" in out and np.isfinite(out["poi_loss_ds"])

@@ -14,6 +14,7 @@ from .ds import PoiHeatmapDsTrainer
 from .headopt import PoiHeatmapHeadOptTrainer
 from .scn import PoiHeatmapScnTrainer
 from .sigma import PoiHeatmapSigmaTrainer
+from .single import PoiHeatmapSingleTrainer
 
 VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_coord": PoiHeatmapCoordTrainer,
@@ -21,4 +22,5 @@ VARIANTS: Dict[str, Type[PoiHeatmapTrainer]] = {
     "heatmap_sigma": PoiHeatmapSigmaTrainer,
     "heatmap_scn": PoiHeatmapScnTrainer,
     "heatmap_ds": PoiHeatmapDsTrainer,
+    "heatmap_single": PoiHeatmapSingleTrainer,
 }

@@ -120,6 +120,8 @@ class PoiHeatmapCoordTrainer(PoiHeatmapTrainer):
     about one missing peak.
     """
 
+    deep_supervised_heatmaps = False  # the change alone, as compared (benchmarks/learning_speed.py)
+
     coordinate_weight: float = 0.02
     divergence_weight: float = 1.0
 

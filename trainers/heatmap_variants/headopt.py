@@ -54,6 +54,8 @@ class PoiHeatmapHeadOptTrainer(PoiHeatmapTrainer):
     too-large step into the rest of the network; the global gradient clipping at 12 stays the guard.
     """
 
+    deep_supervised_heatmaps = False  # the change alone, as compared (benchmarks/learning_speed.py)
+
     head_lr_factor: float = 10.0
 
     def configure_optimizers(self) -> Tuple[torch.optim.Optimizer, ProportionalPolyLRScheduler]:

@@ -78,6 +78,8 @@ class PoiHeatmapScnTrainer(PoiHeatmapTrainer):
     of about 0.5M parameters per layer whatever the patch size.
     """
 
+    deep_supervised_heatmaps = False  # the change alone, as compared (benchmarks/learning_speed.py)
+
     scn_pool: int = 4
     scn_features: int = 64
     scn_layers: int = 3

@@ -66,6 +66,8 @@ class PoiHeatmapSigmaTrainer(PoiHeatmapTrainer):
     by half-time leaves the second half to train at the width decoding expects.
     """
 
+    deep_supervised_heatmaps = False  # the change alone, as compared (benchmarks/learning_speed.py)
+
     sigma_start_factor: float = 2.5
     sigma_anneal_until: float = 0.5
 
