@@ -39,7 +39,6 @@ def _rss_kb() -> int:
 
 
 def one(work: Path, trainer: str, channels: int, steps: int, device: str, plans_name: str, threads: int) -> dict:
-    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
@@ -67,6 +66,15 @@ def one(work: Path, trainer: str, channels: int, steps: int, device: str, plans_
     torch.manual_seed(0)
     t = cls(plans=plans, configuration="3d_fullres", fold="all", dataset_json=dataset_json,
             device=torch.device(device))
+    return {"trainer": trainer, "channels": channels, **timed_steps(t, steps, device)}
+
+
+def timed_steps(t, steps: int, device: str) -> dict:
+    """``initialize`` the trainer ``t``, build its loaders, run one warm-up step and ``steps`` timed ones:
+    median augmentation and step seconds, and the peak memory (see the module docstring)."""
+    import numpy as np
+    import torch
+
     t.initialize()
     dl_tr, _ = t.get_dataloaders()
     t.network.train()
@@ -92,8 +100,9 @@ def one(work: Path, trainer: str, channels: int, steps: int, device: str, plans_
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
         kind = "peak RSS above pre-step RSS"
-    return {"trainer": trainer, "channels": channels, "augmentation_s": float(np.median(aug)),
+    return {"augmentation_s": float(np.median(aug)),
             "step_s": float(np.median(step)), "peak_mb": float(peak_mb), "memory": kind,
+            "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "patch_size": list(t.configuration_manager.patch_size), "batch_size": t.batch_size,
             "parameters_m": sum(p.numel() for p in t.network.parameters()) / 1e6}
 
