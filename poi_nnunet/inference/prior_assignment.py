@@ -47,6 +47,7 @@ ANCHOR_MIN_FACTOR = 0.5
 MAX_ASSIGNMENTS = 5040  # 7 channels on 7 peaks; scored at once, a few milliseconds
 MIN_POINTS = 3  # anchors + assigned channels a translation-and-scale fit needs to say anything
 LOCAL_SEARCH_STEPS = 50
+SEARCH_NODES_PER_ASSIGNMENT = 20  # enumeration gives up (local search instead) after this many nodes per allowed one
 NONE_SCORE_FRACTION = 0.1  # below any candidate (candidates are at least a quarter of the channel's best)
 NONE = -1
 
@@ -102,9 +103,11 @@ def _all_assignments(feasible: Sequence[np.ndarray], assigned: int, limit: int) 
     ``NONE``; None where there are more than ``limit``."""
     rows = len(feasible)
     out: List[Tuple[int, ...]] = []
+    visits = [0]  # search nodes: dead-end prefixes (columns used up) can be exponentially many
 
     def extend(prefix: Tuple[int, ...], used: frozenset, count: int) -> bool:
-        if len(out) > limit:
+        visits[0] += 1
+        if len(out) > limit or visits[0] > SEARCH_NODES_PER_ASSIGNMENT * limit:
             return False
         row = len(prefix)
         if row == rows:
