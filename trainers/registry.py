@@ -11,12 +11,15 @@ from poi_nnunet.errors import PoiNnunetError
 from .coarse_refine import PoiCoarseRefineTrainer
 from .heatmap import PoiHeatmapTrainer
 from .heatmap_variants import VARIANTS
+from .point_sup import PoiPointSupTrainer
+from .point_sup_variants import POINT_SUP_VARIANTS
 from .uv import PoiUvTrainer
 
 TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
     "heatmap": PoiHeatmapTrainer,
     "coarse_refine": PoiCoarseRefineTrainer,
     "uv": PoiUvTrainer,
+    "point_sup": PoiPointSupTrainer,
     # nnU-Net's own trainer, unchanged (segmentation only): the plain baseline, and the last stage of
     # the point-supervision pipeline, trained with the same command on the same plans
     "nnunet": nnUNetTrainer,
@@ -25,8 +28,9 @@ TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
 
 def trainer_class(name: str) -> Type[nnUNetTrainer]:
     """A trainer by short name (``heatmap``) or class name (``PoiHeatmapTrainer``); the heatmap trainer's
-    training variants under comparison (:data:`~trainers.heatmap_variants.VARIANTS`) too."""
-    every = {**TRAINERS, **VARIANTS}
+    training variants under comparison (:data:`~trainers.heatmap_variants.VARIANTS`) and the point_sup loss
+    ablation (:data:`~trainers.point_sup_variants.POINT_SUP_VARIANTS`) too."""
+    every = {**TRAINERS, **VARIANTS, **POINT_SUP_VARIANTS}
     if name in every:
         return every[name]
     for cls in every.values():

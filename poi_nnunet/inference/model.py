@@ -183,11 +183,9 @@ def predictor_for(model: ModelFolder, folds: Optional[Sequence[FoldLike]] = None
 
     predictor_kwargs.setdefault("allow_tqdm", False)
     predictor_kwargs.setdefault("perform_everything_on_device", device.type == "cuda")
-    predictor_class = getattr(model.trainer_class, "predictor_class", None)
-    if predictor_class is None:
-        raise PoiNnunetError(f"{model.trainer_class.__name__} is not a POI trainer: predict its model with "
-                             "nnU-Net's own nnUNetv2_predict")
-    predictor = predictor_class(device=device, **predictor_kwargs)
+    from .segmentation_predictor import predictor_class_of
+
+    predictor = predictor_class_of(model.trainer_class)(device=device, **predictor_kwargs)
     predictor.manual_initialization(network, plans_manager, configuration_manager, parameters, model.dataset_json,
                                     model.trainer_class.__name__, mirror_axes)
     predictor.model_folder = model

@@ -63,7 +63,7 @@ class CasePrediction:
 
     segmentation_logits: torch.Tensor  # (n_seg, z, y, x), CPU, as nnU-Net returns them (float16)
     heatmaps: torch.Tensor  # (C, z, y, x), CPU, float16: the point channels (heatmaps; uv: the D coordinates)
-    points: DecodedPoints  # preprocessed coordinates
+    points: Optional[DecodedPoints]  # preprocessed coordinates; None for a segmentation-only model
     segmentation: Optional[np.ndarray] = None  # (z, y, x) labels in preprocessed space the points were decoded in
 
 
@@ -79,6 +79,8 @@ def checked_segmentation(segmentation: np.ndarray, data: Union[np.ndarray, torch
 class PoiPredictor(nnUNetPredictor):
     """nnU-Net's predictor for segmentation + heatmap networks; build it with :func:`load_poi_model`
     or :meth:`from_trainer`, never with ``initialize_from_trained_model_folder`` (name search)."""
+
+    writes_points = True  # False: a segmentation-only model (no point files)
 
     def __init__(self, *args: Any, min_confidence: float = MIN_CONFIDENCE, **kwargs: Any):
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a notice on every non-CUDA device

@@ -26,7 +26,8 @@ from .writing import case_is_done, write_case_outputs, write_run_files
 
 def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: PreprocessedSpace, properties: dict,
                 out_dir: Path, case: str) -> List[Path]:
-    """Write ``<case>.nii.gz`` (nnU-Net's export), ``<case>.mrk.json`` and ``<case>.json``."""
+    """Write ``<case>.nii.gz`` (nnU-Net's export), ``<case>.mrk.json`` and ``<case>.json`` (the last two
+    not for a segmentation-only model, whose prediction has no points)."""
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
     segmentation = None
@@ -36,7 +37,7 @@ def export_case(predictor: PoiPredictor, prediction: CasePrediction, space: Prep
             prediction.segmentation_logits, predictor.plans_manager, predictor.configuration_manager,
             predictor.label_manager, properties)
         reader_writer = predictor.plans_manager.image_reader_writer_class()
-    pois = prediction.points.to_world(space)
+    pois = prediction.points.to_world(space) if prediction.points is not None else None
     return write_case_outputs(out_dir, case, pois, predictor.dataset_json, segmentation, properties, reader_writer)
 
 
@@ -45,6 +46,8 @@ def report_dropped(case: str, prediction: CasePrediction, space: PreprocessedSpa
     """One line for a case where points were not written (and why), or decoded without their structure's
     bounds (see :meth:`DecodedPoints.report`); nothing where every channel gave a point. The case is
     also counted in ``summary``."""
+    if prediction.points is None:
+        return
     line = prediction.points.report(space)
     if line:
         tqdm.write(f"{case}: {line}")
@@ -83,7 +86,8 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = predictor.dataset_json["file_ending"]
-    todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, predictor.has_segmentation)]
+    todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, predictor.has_segmentation,
+                                                                 predictor.writes_points)]
     labels = provided_label_files(todo, labels_dir, ending) if labels_dir is not None else [None] * len(todo)
     skipped = len(cases) - len(todo)
     if skipped:

@@ -23,14 +23,17 @@ def poi_names(dataset_json: Mapping[str, Any]) -> Dict[int, str]:
     return {int(k): str(v) for k, v in (dataset_json.get("pois") or {}).items()}
 
 
-def case_output_files(out_dir: Path, case: str, file_ending: str, with_segmentation: bool) -> List[Path]:
-    """Every file a finished case has, the point file last."""
+def case_output_files(out_dir: Path, case: str, file_ending: str, with_segmentation: bool,
+                      with_points: bool = True) -> List[Path]:
+    """Every file a finished case has, the point file last (a segmentation-only model writes no points)."""
     files = [Path(out_dir) / f"{case}{file_ending}"] if with_segmentation else []
-    return files + [Path(out_dir) / f"{case}{MARKUPS_SUFFIX}", Path(out_dir) / f"{case}.json"]
+    if with_points:
+        files += [Path(out_dir) / f"{case}{MARKUPS_SUFFIX}", Path(out_dir) / f"{case}.json"]
+    return files
 
 
-def case_is_done(out_dir: Path, case: str, file_ending: str, with_segmentation: bool) -> bool:
-    return all(p.is_file() for p in case_output_files(out_dir, case, file_ending, with_segmentation))
+def case_is_done(out_dir: Path, case: str, file_ending: str, with_segmentation: bool, with_points: bool = True) -> bool:
+    return all(p.is_file() for p in case_output_files(out_dir, case, file_ending, with_segmentation, with_points))
 
 
 def write_segmentation(path: Path, segmentation: np.ndarray, properties: dict, reader_writer: Any) -> None:
@@ -39,16 +42,19 @@ def write_segmentation(path: Path, segmentation: np.ndarray, properties: dict, r
                  suffix_hint=image_suffix(path))
 
 
-def write_case_outputs(out_dir: Path, case: str, pois: PoiSet, dataset_json: Mapping[str, Any],
+def write_case_outputs(out_dir: Path, case: str, pois: Optional[PoiSet], dataset_json: Mapping[str, Any],
                        segmentation: Optional[np.ndarray] = None, properties: Optional[dict] = None,
                        reader_writer: Any = None) -> List[Path]:
-    """Write the case's segmentation (when given), markups and point file; return the paths written."""
+    """Write the case's segmentation (when given), markups and point file (unless ``pois`` is None: a
+    segmentation-only model); return the paths written."""
     out_dir = Path(out_dir)
     written = []
     if segmentation is not None:
         seg_path = out_dir / f"{case}{dataset_json['file_ending']}"
         write_segmentation(seg_path, segmentation, properties, reader_writer)
         written.append(seg_path)
+    if pois is None:
+        return written
     markups = out_dir / f"{case}{MARKUPS_SUFFIX}"
     write_markups_json(markups, pois, poi_names(dataset_json), node_name=case)
     points = out_dir / f"{case}.json"

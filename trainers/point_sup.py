@@ -1,0 +1,80 @@
+"""``point_sup``: segmentation from a few clicked voxels per structure (seed 002), on nnU-Net's network.
+
+The dataset's ``labelsTr`` are sparse (``poi_convert clicks``): clicked voxels hold their class, every
+other voxel nnU-Net's ignore label. The network is nnU-Net's, unchanged (segmentation output only);
+what differs is the loss (:mod:`trainers.point_sup_loss`): the point cross-entropy on the clicks plus
+three terms that need no labels, rotation consistency, separation and the planned prior extent
+(``poi.point_sup_extent_mm``).
+
+**Consistency pass.** Each training step runs the network a second time, on the batch turned by a
+random right angle with a flip (:mod:`poi_nnunet.augmentation.right_angles`): in 2D in the image
+plane, in 3D in the plane of the two axes with the most similar spacing (quarter turns only where the
+patch is square there, else half turns). This about doubles a step's cost (``benchmarks/point_sup.py``
+measures it); validation steps run one pass.
+
+Prediction is nnU-Net's segmentation (``poi_predict -tr point_sup`` writes masks only, as does
+``-tr nnunet``), with nnU-Net's test-time mirroring.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from poi_nnunet.augmentation.right_angles import RightAngleTransform, rotation_plane
+from poi_nnunet.batch import PoiBatch
+from poi_nnunet.errors import PoiNnunetError
+from poi_nnunet.inference.segmentation_predictor import SegmentationPredictor
+
+from .base import PoiTrainer
+from .point_sup_loss import PointSupervisionLoss, PointSupOutput, PointSupWeights, full_resolution
+
+
+class PoiPointSupTrainer(PoiTrainer):
+    """nnU-Net's segmentation trained from clicks (see the module docstring)."""
+
+    predictor_class = SegmentationPredictor
+    loss_weights: PointSupWeights = PointSupWeights()
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        lm = self.label_manager
+        if not lm.has_ignore_label:
+            raise PoiNnunetError("point_sup trains from sparse labels: the dataset needs nnU-Net's 'ignore' label "
+                                 "(the highest label value) on every voxel nobody clicked; make such a dataset with "
+                                 "poi_convert clicks, or train a densely labelled one with the nnunet trainer")
+        if lm.has_regions:
+            raise PoiNnunetError("point_sup does not train region-based labels ('regions_class_order'); use "
+                                 "one label per structure")
+        self.extent_mm = dict(self.poi_plan.point_sup_extent_mm or {})
+        self.rotation = rotation_plane(self.configuration_manager.spacing, self.configuration_manager.patch_size)
+        self._transforms = np.random.default_rng(fold if isinstance(fold, int) else 0)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        w = self.loss_weights
+        self.print_to_log_file(
+            f"point_sup: weights point {w.point}, consistency {w.consistency}, separation {w.separation}, extent "
+            f"{w.extent}; consistency rotates axes {self.rotation.axes} by {[90 * t for t in self.rotation.turns]} "
+            f"degrees (+ flip); extent radii (mm) {self.extent_mm or 'none planned: the extent term is off'}")
+
+    def build_poi_loss(self, segmentation_loss: Optional[nn.Module]) -> PointSupervisionLoss:
+        """The four-term loss; nnU-Net's Dice+CE is not used, only its deep-supervision weights."""
+        ds_weights = getattr(segmentation_loss, "weight_factors", None)
+        return PointSupervisionLoss(self.label_manager.num_segmentation_heads, self.label_manager.ignore_label,
+                                    self.extent_mm, self.loss_weights, ds_weights)
+
+    def forward_network(self, data: torch.Tensor, batch: PoiBatch):
+        """nnU-Net's pass; in training with the consistency term on, a second pass on the turned batch."""
+        outputs = self.network(data)
+        if not self.network.training or not self.loss_weights.consistency:
+            return outputs
+        transform = RightAngleTransform.random(self.rotation, self._transforms)
+        transformed = full_resolution(self.network(transform.apply(data)))
+        return PointSupOutput(outputs, transformed, transform)
+
+    def segmentation_output(self, output):
+        return super().segmentation_output(output.outputs if isinstance(output, PointSupOutput) else output)
