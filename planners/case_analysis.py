@@ -26,8 +26,10 @@ NEIGHBOUR_DISTANCE_FACTOR = 1.5
 MAX_NEIGHBOURS = 2
 
 
-def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file: Optional[str]) -> Dict[str, Any]:
-    """Measure field of view, structure extents, POI positions and their surface and neighbour distances."""
+def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file: Optional[str],
+                 ignore_label: Optional[int] = None) -> Dict[str, Any]:
+    """Measure field of view, structure extents, POI positions and their surface and neighbour distances;
+    for sparse labels (an ``ignore_label``), the extent of each class's clicks too."""
     geo = ImageGeometry.from_file(image_file)
     spacing = geo.spacing[::-1]  # array order
     shape = np.array(geo.size[::-1])
@@ -41,6 +43,9 @@ def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file
         "points": [],
         "poi_bearing_fraction": 0.0,
     }
+    if ignore_label is not None and label_file is not None and Path(label_file).is_file():
+        result["annotated_extent_mm"] = annotated_extents(
+            sitk.GetArrayFromImage(sitk.ReadImage(label_file)), spacing, ignore_label)
     pois = read_poi_file(poi_file) if poi_file and Path(poi_file).is_file() else None
     if pois is None or len(pois) == 0:
         return result
@@ -61,6 +66,18 @@ def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file
             "surface_distance_mm": surface[i], "nearest_poi_mm": nearest[i],
         })
     return result
+
+
+def annotated_extents(label: np.ndarray, spacing: np.ndarray, ignore_label: int) -> Dict[str, float]:
+    """Per clicked class of a sparse label map (not background, not the ignore label): the diagonal (mm)
+    of the box around its clicked voxels' centres, an upper bound of their largest pairwise distance."""
+    out: Dict[str, float] = {}
+    boxes = ndimage.find_objects(np.where(label == ignore_label, 0, label).astype(np.int64, copy=False))
+    for index, box in enumerate(boxes):
+        if box is not None:
+            size = np.array([b.stop - b.start - 1 for b in box], float) * spacing
+            out[str(index + 1)] = float(np.linalg.norm(size))
+    return out
 
 
 def _bounding_boxes(label: Optional[np.ndarray], structures: List[int],

@@ -25,7 +25,7 @@ from poi_nnunet.raw_dataset import RawDataset
 from .case_analysis import analyze_case
 
 FINGERPRINT_FILE = "poi_fingerprint.json"
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: annotated_extent_mm of sparse labels
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 # Starting spawned workers costs about two seconds (each imports the scientific stack), while one
 # process reads and measures about 2e7 label voxels per second (measured on the spine phantom): below
@@ -68,7 +68,7 @@ def measure_cases(ds: RawDataset, num_processes: int, progress: bool = True) -> 
         label = ds.label_file(case) if ds.has_labels() else None
         poi = ds.poi_file(case)
         jobs.append((case, str(ds.image_files(case)[0]), str(label) if label else None,
-                     str(poi) if poi.is_file() else None))
+                     str(poi) if poi.is_file() else None, ds.ignore_label))
     bar = tqdm(total=len(jobs), desc="POI fingerprint", unit="case", disable=not progress)
     results: List[Dict[str, Any]] = []
     voxels = sum(int(np.prod(ImageGeometry.from_file(job[1]).size)) for job in jobs)
@@ -105,8 +105,21 @@ def summarize(cases: List[Dict[str, Any]], meta: Mapping[str, Any]) -> Dict[str,
         "pois": _poi_summary(cases, points, meta),
         "pairs": _pair_summary(points),
         "shared_poi_fraction": _shared_poi_fraction(cases),
+        "annotated_extent_mm": _annotated_extent_summary(cases),
     }
     return summary
+
+
+def _annotated_extent_summary(cases: List[Dict[str, Any]]) -> Optional[Dict[str, float]]:
+    """Per clicked class of a sparse-label dataset, the largest extent of its clicks over the cases (None
+    for dense labels)."""
+    if not any("annotated_extent_mm" in c for c in cases):
+        return None
+    out: Dict[str, float] = {}
+    for c in cases:
+        for label, extent in c.get("annotated_extent_mm", {}).items():
+            out[label] = max(out.get(label, 0.0), float(extent))
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def _structure_summary(cases: List[Dict[str, Any]]) -> Dict[str, Any]:

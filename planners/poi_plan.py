@@ -22,8 +22,8 @@ from poi_nnunet.uv.template import UvTemplate, UvTemplates
 from .cleaning import MIN_VOXEL_DIAGONALS
 
 # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates;
-# 6: heatmap_deep_supervision
-POI_BLOCK_VERSION = 6
+# 6: heatmap_deep_supervision; 7: point_sup_extent_mm
+POI_BLOCK_VERSION = 7
 MAX_PRIOR_SPREAD_RATIO = 0.5  # median spread / RMS radius of the mean shape above which no prior is planned
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
@@ -35,7 +35,9 @@ PEAK_SUPPORT_SIGMAS = 3.0  # a heatmap's support; beyond 3 sigma it is below 1.2
 HEATMAP_AMPLITUDE = 10.0  # target peak height: squared error scales with amplitude^2 (see MaskedHeatmapLoss)
 ELASTIC_FRACTION_OF_CROP = 0.05  # largest elastic displacement: 5% of the crop's smallest side ...
 ELASTIC_MIN_VOXELS = 3.0  # ... but at least three voxels (see elastic_magnitude_voxels)
-ELASTIC_SCALE = (0.1, 0.2)  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
+ELASTIC_SCALE = (0.1, 0.2)
+# a clicked structure's largest extent, as a multiple of its clicks' spread (see point_sup_extent_mm)
+EXTENT_PER_CLICK_SPREAD = 3.0  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
 
 
 def fingerprint_axes(transpose_forward: Sequence[int], n_config_axes: int, raw_dim: int) -> List[int]:
@@ -284,6 +286,28 @@ def uv_templates(fingerprint: Dict[str, Any], mode: str, channels: Sequence[Dict
     return UvTemplates(tuple(templates)) if templates else None
 
 
+def point_sup_extent_mm(summary: Dict[str, Any], spacing: np.ndarray) -> Optional[Dict[str, float]]:
+    """Per clicked class of a sparse-label dataset: how far (mm) the structure reaches at most, the radius
+    of point supervision's prior-extent term (seed 002, Eq. 3; :mod:`poi_nnunet.click_extent`).
+
+    Clicks are drawn from a structure's interior, so their spread (the largest box diagonal of one
+    case's clicks over the cases) underestimates its size; the radius is
+    ``EXTENT_PER_CLICK_SPREAD`` times that spread. A class whose clicks never spread over more than two
+    voxels (one click per case) gets the median radius of the classes that do. None for dense labels,
+    or where no class has a spread; edit the plans' value to override it (the seed used 110 mm for
+    lumbar vertebrae).
+    """
+    spreads = summary.get("annotated_extent_mm")
+    if not spreads:
+        return None
+    floor = 2.0 * float(np.max(spacing))
+    radii = {k: EXTENT_PER_CLICK_SPREAD * v for k, v in spreads.items() if v > floor}
+    if not radii:
+        return None
+    fallback = float(np.median(list(radii.values())))
+    return {k: round(radii.get(k, fallback), 2) for k in spreads}
+
+
 def heatmap_deep_supervision(summary: Dict[str, Any]) -> bool:
     """Whether the heatmaps get heads and targets at the decoder's lower resolutions too.
 
@@ -325,6 +349,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     * ``uv_templates``: per structure label, the POI ids and their Procrustes mean positions (mm), the
       template of dense correspondence (:func:`uv_templates`, :mod:`poi_nnunet.uv`); absent where no
       structure qualifies (landmark-only data, a ``2d`` configuration of 3D data).
+    * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far its structure reaches
+      (:func:`point_sup_extent_mm`); absent for dense labels.
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
     """
@@ -368,6 +394,9 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         block["shape_prior"] = prior.to_block()
     if templates is not None:
         block["uv_templates"] = templates.to_block()
+    extent = point_sup_extent_mm(summary, spacing)
+    if extent is not None:
+        block["point_sup_extent_mm"] = extent
     return block
 
 

@@ -61,6 +61,9 @@ class PoiPlan:
     * ``uv_templates``: per structure label, the template (POI ids and mean positions in mm) that the
       dense-correspondence (uv) maps are normalised over (:mod:`poi_nnunet.uv`); None for plans made before
       it was planned, landmark-only datasets and ``2d`` configurations of 3D data.
+    * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far (mm) its structure
+      reaches at most: the radius of point supervision's prior-extent term (:mod:`poi_nnunet.click_extent`);
+      None for dense labels.
     """
 
     crop_mode: str
@@ -76,6 +79,7 @@ class PoiPlan:
     shape_prior: Optional[ShapePrior] = None
     heatmap_deep_supervision: bool = False
     uv_templates: Optional[UvTemplates] = None
+    point_sup_extent_mm: Optional[Mapping[int, float]] = None
 
     @property
     def num_channels(self) -> int:
@@ -116,6 +120,7 @@ class PoiPlan:
                 shape_prior=ShapePrior.from_block(block.get("shape_prior")),
                 heatmap_deep_supervision=bool(block.get("heatmap_deep_supervision", False)),
                 uv_templates=UvTemplates.from_block(block.get("uv_templates")),
+                point_sup_extent_mm=_extents(block.get("point_sup_extent_mm")),
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "
@@ -126,6 +131,10 @@ class PoiPlan:
         """The plan of an nnU-Net ``ConfigurationManager``."""
         name = getattr(configuration_manager, "configuration_name", None) or "configuration"
         return cls.from_block(configuration_manager.configuration.get("poi"), f"plans ({name})")
+
+
+def _extents(values: Optional[Mapping[str, Any]]) -> Optional[Mapping[int, float]]:
+    return None if values is None else {int(k): float(v) for k, v in values.items()}
 
 
 def _pair(values: Any) -> Tuple[float, float]:
