@@ -261,6 +261,9 @@ def _check_pois(ds: RawDataset, path: Path, geo: Optional[ImageGeometry], presen
     structure_labels = set(ds.label_values()) - {0}
     if ds.ignore_label is not None:
         structure_labels.discard(ds.ignore_label)
+    # A sparse (point-annotated) mask labels a few voxels and hides the rest under 'ignore': a structure
+    # it does not show may lie there, so its absence says nothing about the POI.
+    hidden_by_ignore = present is not None and ds.ignore_label is not None and ds.ignore_label in present
     f = str(path)
     for p in pois:
         where = p.label()
@@ -269,7 +272,7 @@ def _check_pois(ds: RawDataset, path: Path, geo: Optional[ImageGeometry], presen
         if p.structure != 0:
             if p.structure not in structure_labels:
                 out.append(Problem(f, f"structure {p.structure} is not a label of dataset.json 'labels'", where))
-            elif present is not None and p.structure not in present:
+            elif present is not None and p.structure not in present and not hidden_by_ignore:
                 out.append(Problem(f, f"structure {p.structure} does not occur in this case's segmentation", where))
         if geo is None:
             continue

@@ -24,6 +24,7 @@ CONVERTERS = {
     "synthetic-xray": "dataset_conversion.synthetic_xray",
     "synthetic-polygons": "dataset_conversion.synthetic_polygons",
     "synthetic-wrist": "dataset_conversion.synthetic_wrist",
+    "clicks": "dataset_conversion.clicks",
 }
 
 
