@@ -70,7 +70,7 @@ from poi_nnunet.atomic import atomic_write, atomic_write_image
 from poi_nnunet.errors import InvalidInputError, PoiNnunetError, Problem
 from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import Poi, PoiSet, read_poi_file_lenient, write_poi_file
-from poi_nnunet.raw_dataset import RawDataset
+from poi_nnunet.raw_dataset import DENSE_REFERENCE_FOLDER, RawDataset
 from poi_nnunet.raw_dataset_writer import DatasetWriter
 from poi_nnunet.raw_format_checks import check_raw_dataset
 
@@ -81,7 +81,7 @@ from .click_simulation import Click, annotated_voxels, containing_voxel, draw_cl
 
 HELP = "point-annotated (sparse) segmentation: clicked points, or clicks simulated from a dense dataset"
 
-REFERENCE_FOLDER = "labelsTr_reference"
+REFERENCE_FOLDER = DENSE_REFERENCE_FOLDER
 CLICKS_FOLDER = "clicksTr"
 _SIMULATION_DEFAULTS = {"clicks_per_structure": 5, "background_clicks": 10, "seed": 0, "interior_fraction": 0.5,
                         "background_margin_mm": 5.0}

@@ -18,6 +18,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import PathLike, PoiNnunetError
 
 SPLITS = ("Tr", "Ts")
+# Dense label maps of a point-annotated dataset's training cases (``poi_convert clicks``), for evaluation
+# only: nnU-Net never reads this folder, so they cannot leak into training.
+DENSE_REFERENCE_FOLDER = "labelsTr_reference"
 _DATASET_DIR = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 

@@ -180,8 +180,8 @@ class PoiTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ end of training
     def perform_actual_validation(self, save_probabilities: bool = False) -> Optional[dict]:
         """Predict the fold's validation cases with the method's predictor, write them as poi_predict
-        would, and evaluate them against the raw dataset's ``poisTr`` (cleaned points included:
-        cleaning decides what is learnt, not what counts as truth)."""
+        would, and evaluate them against :meth:`validation_reference` (the raw dataset's ``poisTr``,
+        cleaned points included: cleaning decides what is learnt, not what counts as truth)."""
         from poi_nnunet.evaluation import evaluate_folders
         from poi_nnunet.evaluation.report import format_table
         from poi_nnunet.raw_dataset import raw_root
@@ -193,13 +193,17 @@ class PoiTrainer(nnUNetTrainer):
         predictor = self.predictor_class.from_trainer(self)
         predict_preprocessed_cases(predictor, self.preprocessed_dataset_folder, val_keys, out_dir)
         self.set_deep_supervision_enabled(True)
-        reference = raw_root() / self.plans_manager.dataset_name / "poisTr"
+        reference = self.validation_reference(raw_root() / self.plans_manager.dataset_name)
         if not reference.is_dir():
-            self.print_to_log_file(f"no reference points at {reference}; validation predictions are in {out_dir}")
+            self.print_to_log_file(f"no reference at {reference}; validation predictions are in {out_dir}")
             return None
         summary = evaluate_folders(reference, out_dir, out_dir / "evaluation", cases=sorted(val_keys))
         self.print_to_log_file("validation:\n" + format_table(summary))
         return summary
+
+    def validation_reference(self, raw_dataset: Path) -> Path:
+        """The folder the validation predictions are scored against: the raw dataset's ``poisTr``."""
+        return raw_dataset / "poisTr"
 
     # ------------------------------------------------------------------ data
     def load_points(self, keys) -> Dict[str, PreprocessedPois]:

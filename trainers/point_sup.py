@@ -17,6 +17,7 @@ Prediction is nnU-Net's segmentation (``poi_predict -tr point_sup`` writes masks
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -27,6 +28,7 @@ from poi_nnunet.augmentation.right_angles import RightAngleTransform, rotation_p
 from poi_nnunet.batch import PoiBatch
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.inference.segmentation_predictor import SegmentationPredictor
+from poi_nnunet.raw_dataset import DENSE_REFERENCE_FOLDER
 
 from .base import PoiTrainer
 from .point_sup_loss import PointSupervisionLoss, PointSupOutput, PointSupWeights, full_resolution
@@ -75,6 +77,11 @@ class PoiPointSupTrainer(PoiTrainer):
         transform = RightAngleTransform.random(self.rotation, self._transforms)
         transformed = full_resolution(self.network(transform.apply(data)))
         return PointSupOutput(outputs, transformed, transform)
+
+    def validation_reference(self, raw_dataset: Path) -> Path:
+        """The dense masks of the training cases (``poi_convert clicks`` keeps them for evaluation): the
+        validation cases' Dice against them is what point supervision is for."""
+        return raw_dataset / DENSE_REFERENCE_FOLDER
 
     def segmentation_output(self, output):
         return super().segmentation_output(output.outputs if isinstance(output, PointSupOutput) else output)
