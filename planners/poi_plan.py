@@ -37,7 +37,7 @@ ELASTIC_FRACTION_OF_CROP = 0.05  # largest elastic displacement: 5% of the crop'
 ELASTIC_MIN_VOXELS = 3.0  # ... but at least three voxels (see elastic_magnitude_voxels)
 ELASTIC_SCALE = (0.1, 0.2)
 # a clicked structure's largest extent, as a multiple of its clicks' spread (see point_sup_extent_mm)
-EXTENT_PER_CLICK_SPREAD = 4.0  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
+EXTENT_PER_CLICK_SPREAD = 5.0  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
 
 
 def fingerprint_axes(transpose_forward: Sequence[int], n_config_axes: int, raw_dim: int) -> List[int]:
@@ -293,9 +293,10 @@ def point_sup_extent_mm(summary: Dict[str, Any], spacing: np.ndarray) -> Optiona
     Clicks are drawn from a structure's interior, so their spread (the largest box diagonal of one
     case's clicks over the cases) underestimates its size; the radius is
     ``EXTENT_PER_CLICK_SPREAD`` times that spread. Measured on the synthetic spine with 5 simulated
-    clicks per vertebra (``poi_convert clicks`` defaults), the radius that keeps every voxel of a
-    vertebra is 2.1-3.5 times that spread (median 2.7-2.9), so 4 leaves a margin; a radius too small
-    would teach the network to erase the structure's far side. A class whose clicks never spread over more than two
+    clicks per vertebra (``poi_convert clicks`` defaults; ``benchmarks/click_extent_ratio.py``), the radius
+    that keeps every voxel of a vertebra is 2.2-3.5 times that spread with 12 training cases and up to 5.2
+    times with 6 (fewer cases, smaller largest spread): 5 covers both but the rarest draws. A radius too
+    small teaches the network to erase the structure's far side; one too large only weakens the term. A class whose clicks never spread over more than two
     voxels (one click per case) gets the median radius of the classes that do. None for dense labels,
     or where no class has a spread; edit the plans' value to override it (the seed used 110 mm for
     lumbar vertebrae).
