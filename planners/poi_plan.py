@@ -35,9 +35,9 @@ PEAK_SUPPORT_SIGMAS = 3.0  # a heatmap's support; beyond 3 sigma it is below 1.2
 HEATMAP_AMPLITUDE = 10.0  # target peak height: squared error scales with amplitude^2 (see MaskedHeatmapLoss)
 ELASTIC_FRACTION_OF_CROP = 0.05  # largest elastic displacement: 5% of the crop's smallest side ...
 ELASTIC_MIN_VOXELS = 3.0  # ... but at least three voxels (see elastic_magnitude_voxels)
-ELASTIC_SCALE = (0.1, 0.2)
+ELASTIC_SCALE = (0.1, 0.2)  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
 # a clicked structure's largest extent, as a multiple of its clicks' spread (see point_sup_extent_mm)
-EXTENT_PER_CLICK_SPREAD = 5.0  # field smoothness, fraction of the patch edge (batchgeneratorsv2's elastic_deform_scale)
+EXTENT_PER_CLICK_SPREAD = 5.0
 
 
 def fingerprint_axes(transpose_forward: Sequence[int], n_config_axes: int, raw_dim: int) -> List[int]:
