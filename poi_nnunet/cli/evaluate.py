@@ -1,4 +1,4 @@
-"""``poi_evaluate``: score predicted points (and masks) against a reference folder."""
+"""``poi_evaluate``: score predicted points and/or masks against a reference folder."""
 from __future__ import annotations
 
 import argparse
@@ -10,22 +10,34 @@ from ..evaluation import DEFAULT_ID_RADIUS_MM, DEFAULT_THRESHOLDS_MM, evaluate_f
 from .common import reports_user_errors
 
 DESCRIPTION = """\
-Compare predicted points of interest (and masks) with reference ones.
+Compare predicted points of interest and/or masks with reference ones.
 
-Each folder is either a raw dataset's split folder (.../DatasetNNN_X/poisTs: masks
-are read from the sibling labelsTs, names from dataset.json one level up) or a
-flat folder of <case>.json point files with optional <case>.nii.gz masks beside
-them, as poi_predict writes it. Cases match by file name, points by
-(structure, poi).
+Folders (for -ref and -pred alike):
+  poisTs, poisTr of a raw dataset    points <case>.json; masks from the sibling
+                                     labelsTs/labelsTr; names from ../dataset.json
+  labelsTs, labelsTr_reference       masks only; names from ../dataset.json,
+  (poi_convert clicks' dense         whose "ignore" label is never scored
+  references), labelsTr
+  any other folder: what poi_predict <case>.json points and/or <case>.nii.gz
+  writes, a folder of masks          masks; file ending and names from a
+                                     dataset.json in the folder, if any
+Cases match by file name, points by (structure, poi).
 
-Reports TRE in mm (mean, median, std, max) overall, per POI, per structure and
-per case; success rates (error <= threshold, missing points count as failures);
-identification rate; counts of missing and extra points and cases; and, where
-both sides have a mask, Dice and average surface distance per label plus the
-inverse-frequency-weighted Dice.
+Points are scored when both sides have point files: TRE in mm (mean, median,
+std, max) overall, per POI, per structure and per case; success rates (error <=
+threshold, missing points count as failures); identification rate; counts of
+missing and extra points and cases. Masks are compared wherever both sides have
+one for a case: Dice and average surface distance per label, their means, and
+the inverse-frequency-weighted Dice.
 
-Writes to OUT: summary.json, points.csv (one row per reference or predicted
-point), error_per_poi.png and error_distribution.png.
+When one side has no point files (a masks-only reference, or the output of a
+segmentation-only model such as -tr point_sup or -tr nnunet) only the masks are
+evaluated: the table and summary.json say that points were not scored and why
+("points": null), instead of counting every reference point as missing.
+Reference cases without a predicted mask are listed and not scored.
+
+Writes to OUT: summary.json, and when points are scored points.csv (one row per
+reference or predicted point), error_per_poi.png and error_distribution.png.
 """
 
 
@@ -43,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="poi_evaluate", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-ref", "--ref", required=True, type=Path, metavar="DIR",
-                        help="reference folder (poisTs of a raw dataset, or flat <case>.json files)")
+                        help="reference folder: poisTs, labelsTs or labelsTr_reference of a raw dataset, or a flat "
+                             "folder of <case>.json points and/or <case>.nii.gz masks")
     parser.add_argument("-pred", "--pred", required=True, type=Path, metavar="DIR",
-                        help="prediction folder (what poi_predict wrote)")
+                        help="prediction folder (what poi_predict wrote: points and masks, or masks only)")
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="OUT",
                         help="where to write the results (default: PRED/evaluation)")
     parser.add_argument("--thresholds", type=_thresholds, default=list(DEFAULT_THRESHOLDS_MM), metavar="MM,MM",

@@ -1,4 +1,4 @@
-"""Evaluation of predicted points (and masks) against references: TRE, success and identification
+"""Evaluation of predicted points and/or masks against references: TRE, success and identification
 rates, Dice, average surface distance and inverse-frequency-weighted Dice.
 
 ``evaluate_folders`` is what commands call; the metric functions are pure and

@@ -61,8 +61,38 @@ def _xyz(position: Any) -> List[str]:
 
 def format_table(summary: Mapping[str, Any], max_poi_rows: int = 60) -> str:
     """A compact text table: one line per POI id (or per structure, when there are more than
-    ``max_poi_rows`` POIs) and overall, then segmentation per label."""
-    points = summary["points"]
+    ``max_poi_rows`` POIs) and overall, then segmentation per label.
+
+    When points were not scored (``summary["points"]`` is None: a masks-only
+    comparison) the point part is one line saying why, followed by the
+    segmentation part and the cases that could not be compared.
+    """
+    points = summary.get("points")
+    cases = summary["cases"]
+    seg = summary["segmentation"]
+    if points is not None:
+        lines = _points_lines(summary, points, max_poi_rows)
+    else:
+        lines = [f"points not scored: {summary.get('points_not_scored') or 'no point files on one side'}"]
+        if cases["missing"]:
+            lines.append(f"reference cases without a predicted mask (not scored): {', '.join(cases['missing'])}")
+        if cases["extra"]:
+            lines.append(f"predicted cases without reference (not scored): {', '.join(cases['extra'])}")
+        if seg["cases_without_ref_mask"]:
+            lines.append(f"cases without a reference mask (not scored): {', '.join(seg['cases_without_ref_mask'])}")
+    if seg["n_cases"]:
+        lines.append(f"segmentation ({seg['n_cases']} cases with both masks)")
+        lines.append(f"{'label':>6} {'name':<16} {'dice':>7} {'asd_mm':>7}")
+        for label, entry in seg["per_label"].items():
+            lines.append(f"{label:>6} {(entry.get('name') or '')[:16]:<16} {_num(entry['dice']['mean'])} "
+                         f"{_num(entry['asd_mm']['mean'])}")
+        lines.append(f"{'mean':>6} {'':<16} {_num(seg['mean_dice']['mean'])} {_num(seg['mean_asd_mm']['mean'])}"
+                     f"   inverse-frequency-weighted dice {_num(seg['inverse_frequency_weighted_dice']['mean'])}")
+    return "\n".join(lines)
+
+
+def _points_lines(summary: Mapping[str, Any], points: Mapping[str, Any], max_poi_rows: int) -> List[str]:
+    """The point part of :func:`format_table`: TRE, success and identification rates, missing and extra cases."""
     keys = list(points["overall"]["success_rate"])
     head = f"{'poi':>6} {'name':<16} {'ref':>5} {'miss':>5} {'extra':>5} {'mean':>7} {'median':>7} {'std':>7} {'max':>7} " \
            + " ".join(f"{'<=' + k:>6}" for k in keys) + f" {'id':>6}"
@@ -81,16 +111,7 @@ def format_table(summary: Mapping[str, Any], max_poi_rows: int = 60) -> str:
         lines.append(f"cases without prediction (all points missing): {', '.join(cases['missing'])}")
     if cases["extra"]:
         lines.append(f"predicted cases without reference (not scored): {', '.join(cases['extra'])}")
-    seg = summary["segmentation"]
-    if seg["n_cases"]:
-        lines.append(f"segmentation ({seg['n_cases']} cases with both masks)")
-        lines.append(f"{'label':>6} {'name':<16} {'dice':>7} {'asd_mm':>7}")
-        for label, entry in seg["per_label"].items():
-            lines.append(f"{label:>6} {(entry.get('name') or '')[:16]:<16} {_num(entry['dice']['mean'])} "
-                         f"{_num(entry['asd_mm']['mean'])}")
-        lines.append(f"{'mean':>6} {'':<16} {_num(seg['mean_dice']['mean'])} {_num(seg['mean_asd_mm']['mean'])}"
-                     f"   inverse-frequency-weighted dice {_num(seg['inverse_frequency_weighted_dice']['mean'])}")
-    return "\n".join(lines)
+    return lines
 
 
 def _point_line(poi: str, name: str, group: Dict[str, Any], keys: Sequence[str]) -> str:

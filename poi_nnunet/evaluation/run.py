@@ -1,5 +1,10 @@
 """``evaluate_folders``: compare a prediction folder with a reference folder and write the results.
 
+Points are scored where both folders have point files; masks wherever both
+have a mask for a case. A folder of masks only (a raw dataset's ``labelsTs``
+or ``labelsTr_reference``, a segmentation-only model's output) is evaluated
+on its masks alone.
+
 This is the one entry point that ``poi_evaluate``, ``poi_predict`` and the end
 of training share; it reads, delegates every metric, and writes.
 """
@@ -29,18 +34,60 @@ def evaluate_folders(ref_dir: PathLike, pred_dir: PathLike, out_dir: Optional[Pa
                      cases: Optional[Sequence[str]] = None) -> Dict:
     """Score the points (and masks, where both sides have them) of ``pred_dir`` against ``ref_dir``.
 
-    Writes ``summary.json``, ``points.csv``, ``error_per_poi.png`` and
-    ``error_distribution.png`` into ``out_dir`` (default ``pred_dir/evaluation``)
-    and returns the summary (with NaN where ``summary.json`` has null).
-    ``poi_names`` overrides the names found in either side's ``dataset.json``;
-    ``cases`` restricts the reference to those cases (a fold's validation split).
+    Points are scored when both sides have point files. When either side has
+    none (a reference of masks only: ``labelsTs``, ``labelsTr_reference``, a
+    flat mask folder; or a segmentation-only model's prediction, which writes
+    masks and no point files) only the masks are compared: ``summary["points"]``
+    is then None and ``summary["points_not_scored"]`` says why, rather than
+    counting every reference point as missing.
+
+    Writes ``summary.json`` into ``out_dir`` (default ``pred_dir/evaluation``),
+    and when points are scored ``points.csv``, ``error_per_poi.png`` and
+    ``error_distribution.png`` (stale copies of those are removed otherwise, so
+    the folder never mixes two evaluations). Returns the summary (with NaN
+    where ``summary.json`` has null). ``poi_names`` overrides the names found in
+    either side's ``dataset.json``; ``cases`` restricts the reference to those
+    cases (a fold's validation split).
     """
     ref = open_folder(ref_dir, "reference")
     if cases is not None:
         ref = ref.restricted_to(cases)
     pred = open_folder(pred_dir, "prediction")
-    if not ref.poi_files:
-        raise PoiNnunetError(f"reference folder {ref.path}: no point files (<case>.json) found")
+    if not ref.has_anything:
+        raise PoiNnunetError(f"reference folder {ref.path}: nothing to evaluate against: no point files "
+                             f"(<case>.json) and no masks ({ref.describe_masks()})")
+    if not pred.has_anything:
+        raise PoiNnunetError(f"prediction folder {pred.path}: nothing to evaluate: no point files (<case>.json) "
+                             f"and no masks ({pred.describe_masks()})")
+    names = dict(poi_names) if poi_names is not None else (ref.poi_names or pred.poi_names)
+    if ref.poi_files and pred.poi_files:
+        summary, rows = _score_points_and_masks(ref, pred, names, thresholds_mm, id_radius_mm)
+    else:
+        summary, rows = _score_masks_only(ref, pred), None
+    summary = {
+        "ref_dir": str(ref.path),
+        "pred_dir": str(pred.path),
+        "thresholds_mm": [float(t) for t in thresholds_mm],
+        "identification_radius_mm": float(id_radius_mm),
+        "definitions": DEFINITIONS,
+        **summary,
+    }
+    out = Path(out_dir) if out_dir is not None else pred.path / "evaluation"
+    if rows is not None:
+        write_points_csv(out / POINTS_FILE, rows, names)
+        plot_error_per_poi(out / PLOT_PER_POI, rows, names)
+        plot_error_distribution(out / PLOT_DISTRIBUTION, rows, thresholds_mm)
+    else:
+        for stale in (POINTS_FILE, PLOT_PER_POI, PLOT_DISTRIBUTION):
+            (out / stale).unlink(missing_ok=True)
+    write_summary(out / SUMMARY_FILE, summary)  # last: its presence means the rest is there too
+    return summary
+
+
+def _score_points_and_masks(ref: EvaluationFolder, pred: EvaluationFolder, names: Mapping[int, str],
+                            thresholds_mm: Sequence[float],
+                            id_radius_mm: float) -> Tuple[Dict, List[PointMatch]]:
+    """Both sides have point files: cases are the point files; masks are compared where both have one."""
     common = [c for c in ref.cases if c in pred.poi_files]
     if not common:
         raise PoiNnunetError(
@@ -50,30 +97,76 @@ def evaluate_folders(ref_dir: PathLike, pred_dir: PathLike, out_dir: Optional[Pa
         )
     missing_cases = [c for c in ref.cases if c not in pred.poi_files]
     extra_cases = [c for c in pred.cases if c not in ref.poi_files]
-    names = dict(poi_names) if poi_names is not None else (ref.poi_names or pred.poi_names)
-
     rows = _match_all(ref, pred, id_radius_mm)
     seg_per_case, no_pred_mask, no_ref_mask = _compare_masks(ref, pred, common)
-    summary = {
-        "ref_dir": str(ref.path),
-        "pred_dir": str(pred.path),
-        "thresholds_mm": [float(t) for t in thresholds_mm],
-        "identification_radius_mm": float(id_radius_mm),
-        "definitions": DEFINITIONS,
+    label_names, _, _ = _label_info(ref, pred)
+    return {
         "cases": {
             "n_ref": len(ref.cases), "n_pred": len(pred.cases), "n_scored": len(ref.cases),
             "missing": missing_cases, "extra": extra_cases,
         },
         "points": point_summary(rows, names, ref.cases, thresholds_mm),
-        "segmentation": segmentation_summary(seg_per_case, ref.label_names or pred.label_names,
-                                             no_pred_mask, no_ref_mask),
+        "points_not_scored": None,
+        "segmentation": segmentation_summary(seg_per_case, label_names, no_pred_mask, no_ref_mask),
+    }, rows
+
+
+def _score_masks_only(ref: EvaluationFolder, pred: EvaluationFolder) -> Dict:
+    """One side has no point files: compare the masks of the reference cases, and say why points are not scored.
+
+    The reference cases are its point files where it has them (a ``poisTs``
+    folder against a segmentation-only prediction), else its masks. A reference
+    case without a predicted mask is listed under ``cases.missing`` (and
+    ``segmentation.cases_without_pred_mask`` where the reference has a mask) and
+    is not scored; ``cases.n_scored`` counts the cases with both masks.
+    """
+    ref_cases = ref.cases
+    if ref.poi_files:
+        reason = (f"no points predicted, the prediction folder {pred.path} has masks but no point files "
+                  f"(a segmentation-only model); the {len(ref.poi_files)} reference point file(s) in {ref.path} "
+                  f"are not scored")
+    else:
+        reason = f"the reference folder {ref.path} holds masks only (no point files)"
+        if pred.poi_files:
+            reason += f"; the {len(pred.poi_files)} predicted point file(s) in {pred.path} are not scored"
+    if not any(ref.mask_file(c) for c in ref_cases):
+        raise PoiNnunetError(
+            f"nothing to compare: the prediction folder {pred.path} has no point files, and the reference folder "
+            f"{ref.path} has point files but no masks ({ref.describe_masks()})")
+    if not pred.mask_files:
+        raise PoiNnunetError(
+            f"nothing to compare: the reference folder {ref.path} holds masks only, and the prediction folder "
+            f"{pred.path} has no masks ({pred.describe_masks()})")
+    pred_cases = sorted(pred.mask_files)
+    if not any(c in pred.mask_files for c in ref_cases):
+        raise PoiNnunetError(
+            f"no matching cases: none of the {len(ref_cases)} reference case(s) in {ref.path} "
+            f"(e.g. {', '.join(ref_cases[:3])}) has a mask in {pred.path} ({len(pred_cases)} mask(s): "
+            f"e.g. {', '.join(pred_cases[:3])}; looked for {pred.describe_masks()})")
+    known = set(ref_cases)
+    seg_per_case, no_pred_mask, no_ref_mask = _compare_masks(ref, pred, ref_cases)
+    label_names, _, _ = _label_info(ref, pred)
+    return {
+        "cases": {
+            "n_ref": len(ref_cases), "n_pred": len(pred_cases), "n_scored": len(seg_per_case),
+            "missing": [c for c in ref_cases if c not in pred.mask_files],
+            "extra": [c for c in pred_cases if c not in known],
+        },
+        "points": None,
+        "points_not_scored": reason,
+        "segmentation": segmentation_summary(seg_per_case, label_names, no_pred_mask, no_ref_mask),
     }
-    out = Path(out_dir) if out_dir is not None else pred.path / "evaluation"
-    write_points_csv(out / POINTS_FILE, rows, names)
-    plot_error_per_poi(out / PLOT_PER_POI, rows, names)
-    plot_error_distribution(out / PLOT_DISTRIBUTION, rows, thresholds_mm)
-    write_summary(out / SUMMARY_FILE, summary)  # last: its presence means the rest is there too
-    return summary
+
+
+def _label_info(ref: EvaluationFolder, pred: EvaluationFolder) -> Tuple[Dict[int, str], List[int], Optional[int]]:
+    """Label names, declared foreground labels and ignore label, from the reference's dataset.json where it
+    names labels, else from the prediction's (nnU-Net leaves the dataset's dataset.json beside its masks).
+
+    The ignore label is never among the declared labels and is never scored: a
+    dense reference has none, and a sparse one only marks unannotated voxels.
+    """
+    source = ref if ref.label_names else pred
+    return source.label_names, ref.declared_labels() or pred.declared_labels(), source.ignore_label
 
 
 def _match_all(ref: EvaluationFolder, pred: EvaluationFolder, id_radius_mm: float) -> List[PointMatch]:
@@ -104,7 +197,7 @@ def _compare_masks(ref: EvaluationFolder, pred: EvaluationFolder,
     """Label metrics of each case where both sides have a mask, and the cases where only one side has one."""
     per_case: Dict[str, Dict[int, LabelMetrics]] = {}
     no_pred, no_ref = [], []
-    declared = ref.declared_labels() or pred.declared_labels()
+    _, declared, ignore = _label_info(ref, pred)
     for case in cases:
         ref_file, pred_file = ref.mask_file(case), pred.mask_file(case)
         if ref_file is None or pred_file is None:
@@ -118,5 +211,5 @@ def _compare_masks(ref: EvaluationFolder, pred: EvaluationFolder,
         if not ref_geo.same_grid(pred_geo):
             raise PoiNnunetError(f"{pred_file}: not on the grid of the reference {ref_file} "
                                  f"({ref_geo.describe_difference(pred_geo)})")
-        per_case[case] = label_metrics(ref_arr, pred_arr, ref_geo.spacing[::-1], declared, ref.ignore_label)
+        per_case[case] = label_metrics(ref_arr, pred_arr, ref_geo.spacing[::-1], declared, ignore)
     return per_case, no_pred, no_ref

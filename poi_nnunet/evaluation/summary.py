@@ -1,5 +1,10 @@
 """Assembling ``summary.json``: point statistics by group and segmentation metrics by label.
 
+Top-level shape: ``cases``, ``points`` (None when points are not scored:
+a masks-only comparison), ``points_not_scored`` (None, or why not),
+``segmentation`` (always present; ``n_cases`` 0 when no case has both masks),
+plus the folders, thresholds and ``definitions``.
+
 This module only groups and averages; the metrics themselves live in
 :mod:`.statistics` and :mod:`.segmentation`. The policies that a reader of the
 numbers needs are written into the summary itself (``DEFINITIONS``).
@@ -16,6 +21,14 @@ from .segmentation import LabelMetrics, inverse_frequency_weighted_dice
 from .statistics import summarise_rows
 
 DEFINITIONS = {
+    "cases": "points are scored when both folders have point files: cases are then the reference's point files, "
+             "'missing' = reference case without a predicted point file (all its points missing), n_scored = all "
+             "reference cases; otherwise only masks are compared: cases are the reference's point files or, "
+             "without any, its masks, 'missing' = reference case without a predicted mask (listed, not scored), "
+             "n_scored = cases with both masks; 'extra' = predicted case without reference (not scored)",
+    "points_not_scored": "null when points are scored; else why not (a masks-only reference, or a prediction "
+                         "without point files from a segmentation-only model), and points is null: no reference "
+                         "point is counted as missing and no TRE is reported",
     "matching": "points pair by (structure, poi) within a case; 'missing' = reference point without prediction, "
                 "'extra' = predicted point without reference; predicted cases without a reference file are "
                 "listed under cases.extra, their points have status 'extra_case' and are not scored",
