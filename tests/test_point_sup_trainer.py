@@ -1,0 +1,121 @@
+"""Point supervision's used-by path, tiny: poi_convert clicks -> plan -> poi_train point_sup (3D and 2D) and the
+ignore-label baseline (nnunet on the same sparse labels) -> poi_predict (masks only) -> poi_evaluate.
+
+A couple of iterations each: the path and its outputs, not accuracy (``benchmarks/point_sup.py`` measures
+that). The planned extent radius is checked against the clicks themselves, read back with SimpleITK.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from poi_nnunet.cli.convert import main as convert_main
+from poi_nnunet.cli.evaluate import main as evaluate_main
+from poi_nnunet.cli.plan_and_preprocess import main as plan_main
+from poi_nnunet.cli.predict import main as predict_main
+from poi_nnunet.cli.train import main as train_main
+from poi_nnunet.plan import PoiPlan
+from tests.factories import use_nnunet_folders
+
+SHORT = ["-device", "cpu", "-f", "0", "--epochs", "1", "--iterations_per_epoch", "2"]
+DENSE, SPARSE = 531, 532
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+    from dataset_conversion.synthetic_spine import write_spine_dataset
+
+    base = tmp_path_factory.mktemp("point_sup")
+    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, path in env.items():
+            path.mkdir()
+            mp.setenv(key, str(path))
+        write_spine_dataset(env["nnUNet_raw"] / f"Dataset{DENSE}_Spine", num_cases=5, num_test=1, seed=3,
+                            shape=(32, 24, 24))
+        assert convert_main(["clicks", "--from-dataset", str(DENSE), "-d", str(SPARSE), "-n", "SpineClicks",
+                             "--clicks-per-structure", "4", "--background-clicks", "6", "--click-radius-mm", "4"]) == 0
+        assert plan_main(["-d", str(SPARSE), "-c", "3d_fullres", "2d", "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
+    return env
+
+
+@pytest.fixture
+def env(planned: Dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Dict[str, Path]:
+    use_nnunet_folders(planned, monkeypatch)
+    return planned
+
+
+def _raw(env: Dict[str, Path]) -> Path:
+    return env["nnUNet_raw"] / f"Dataset{SPARSE}_SpineClicks"
+
+
+def test_planned_extent_covers_each_class_clicks(env: Dict[str, Path]) -> None:
+    plans = json.loads((env["nnUNet_preprocessed"] / f"Dataset{SPARSE}_SpineClicks" / "poiPlans.json").read_text())
+    extent = PoiPlan.from_block(plans["configurations"]["3d_fullres"]["poi"]).point_sup_extent_mm
+    labels = json.loads((_raw(env) / "dataset.json").read_text())["labels"]
+    ignore = labels["ignore"]
+    largest: Dict[int, float] = {}
+    for f in sorted((_raw(env) / "labelsTr").glob("*.nii.gz")):
+        image = sitk.ReadImage(str(f))
+        array = sitk.GetArrayFromImage(image)
+        for label in np.unique(array):
+            if label in (0, ignore):
+                continue
+            idx = np.argwhere(array == label)
+            mm = np.array([image.TransformIndexToPhysicalPoint([int(v) for v in i[::-1]]) for i in idx])
+            spread = max(np.linalg.norm(a - b) for a in mm for b in mm)
+            largest[int(label)] = max(largest.get(int(label), 0.0), spread)
+    assert extent is not None and set(extent) == set(largest)
+    for label, spread in largest.items():
+        # five times the clicks' spread (the planner uses a box diagonal, an upper bound of the spread)
+        assert 5 * spread - 1e-3 <= extent[label] <= 5 * spread * np.sqrt(3) + 1e-3
+
+
+def test_point_sup_trains_in_3d_and_predicts_masks_only(env: Dict[str, Path], tmp_path: Path) -> None:
+    assert train_main([str(SPARSE), "3d_fullres", "point_sup", *SHORT]) == 0
+    fold = env["nnUNet_results"] / f"Dataset{SPARSE}_SpineClicks" / "PoiPointSupTrainer__poiPlans__3d_fullres" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    for term in ("point", "consistency", "separation", "extent"):
+        assert f"{term} " in log.split("train ", 1)[1]
+    # end-of-training validation was scored against the dense references, not the sparse labels
+    summary = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())
+    assert summary["segmentation"]["n_cases"] >= 1
+    raw = _raw(env)
+    out = tmp_path / "pred"
+    assert predict_main(["-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(SPARSE), "-c", "3d_fullres",
+                         "-tr", "point_sup", "-f", "0", "-device", "cpu", "--no_pbar"]) == 0
+    for image in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+        case = image.name[: -len("_0000.nii.gz")]
+        mask = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        reference = sitk.ReadImage(str(image))
+        assert mask.GetSize() == reference.GetSize()
+        np.testing.assert_allclose(mask.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+        assert not (out / f"{case}.json").exists() and not (out / f"{case}.mrk.json").exists()
+    assert evaluate_main(["-ref", str(raw / "labelsTs"), "-pred", str(out), "-o", str(tmp_path / "eval")]) == 0
+
+
+def test_ignore_label_baseline_and_2d_point_sup_train_and_predict(env: Dict[str, Path], tmp_path: Path) -> None:
+    assert train_main([str(SPARSE), "2d", "point_sup", *SHORT, "--no_validation"]) == 0
+    assert train_main([str(SPARSE), "3d_fullres", "nnunet", *SHORT, "--no_validation"]) == 0
+    out = tmp_path / "baseline"
+    assert predict_main(["-i", str(_raw(env) / "imagesTs"), "-o", str(out), "-d", str(SPARSE), "-c", "3d_fullres",
+                         "-tr", "nnunet", "-f", "0", "-device", "cpu", "--no_pbar"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert [n for n in written if n.endswith(".nii.gz")] and not [n for n in written if n.endswith(".mrk.json")]
+
+
+def test_point_sup_refuses_dense_labels(env: Dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    monkey = pytest.MonkeyPatch()
+    monkey.delenv("nnUNet_n_proc_DA")  # planning sets threads from it (see tests/factories)
+    try:
+        assert plan_main(["-d", str(DENSE), "-c", "2d", "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
+    finally:
+        monkey.undo()
+    assert train_main([str(DENSE), "2d", "point_sup", *SHORT]) != 0
+    assert "poi_convert clicks" in capsys.readouterr().err
