@@ -31,6 +31,7 @@ setup(
             "poi_evaluate=poi_nnunet.cli.evaluate:main",
             "poi_train=poi_nnunet.cli.train:main",
             "poi_predict=poi_nnunet.cli.predict:main",
+            "poi_pseudo_masks=poi_nnunet.cli.pseudo_masks:main",
         ],
     },
 )

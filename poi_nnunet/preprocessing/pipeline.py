@@ -30,8 +30,14 @@ SUPPORTED_READERS = ("SimpleITKIO", "NaturalImage2DIO")
 def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAULT_CONFIGURATIONS,
                         num_processes: Optional[Sequence[int]] = None, num_processes_fingerprint: int = 8,
                         verify_dataset_integrity: bool = False, gpu_memory_target: Optional[float] = None,
-                        clean: bool = False, preprocess: bool = True, progress: bool = True) -> Path:
-    """Plan and preprocess ``dataset`` (id, name or folder in ``$nnUNet_raw``); return its preprocessed folder."""
+                        clean: bool = False, preprocess: bool = True, progress: bool = True,
+                        planner_class: Optional[type] = None, plans_name: Optional[str] = None) -> Path:
+    """Plan and preprocess ``dataset`` (id, name or folder in ``$nnUNet_raw``); return its preprocessed folder.
+
+    ``planner_class`` (a :class:`~planners.experiment_planner.PoiExperimentPlanner` subclass) and ``plans_name``
+    (default ``poiPlans``) plan under another identifier beside the default plans, e.g. the per-plane plans of
+    ``poi_pseudo_masks`` (a fixed ``transpose_forward``); both fingerprints stay shared.
+    """
     ds = RawDataset.open(resolve_raw_dataset(dataset))
     _check_in_raw_root(ds)
     processes = _processes_per_configuration(configurations, num_processes)
@@ -39,8 +45,11 @@ def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAU
     check_writable(root)
     _check_reader(ds)
     # planners and nnU-Net import torch: loaded once the cheap input checks passed, so those errors come fast
-    from planners.experiment_planner import PLANS_IDENTIFIER
+    from planners.experiment_planner import PLANS_IDENTIFIER, PoiExperimentPlanner
     from planners.poi_fingerprint import FINGERPRINT_FILE, load_fingerprint, source_stamp
+
+    plans_name = plans_name or PLANS_IDENTIFIER
+    planner_class = planner_class or PoiExperimentPlanner
 
     target = root / ds.path.name
     stamp = source_stamp(ds)
@@ -57,20 +66,20 @@ def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAU
 
     with staged_preprocessed(ds.path.name) as staging:
         keep = ["dataset_fingerprint.json", FINGERPRINT_FILE] if reuse else []
-        for name in keep + [f"{PLANS_IDENTIFIER}.json"]:  # nnU-Net keeps extra configurations of old plans
+        for name in keep + [f"{plans_name}.json"]:  # nnU-Net keeps extra configurations of old plans
             if (target / name).is_file():
                 shutil.copy2(target / name, staging / name)
         produced = _run_staged(ds, staging, stamp, reuse, processes if preprocess else {},
-                               num_processes_fingerprint, gpu_memory_target, progress)
+                               num_processes_fingerprint, gpu_memory_target, progress, planner_class, plans_name)
         publish(staging, target, produced)
     print(f"Done: {target}")
     return target
 
 
 def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processes: Dict[str, int],
-                num_processes_fingerprint: int, gpu_memory_target: Optional[float], progress: bool) -> List[str]:
+                num_processes_fingerprint: int, gpu_memory_target: Optional[float], progress: bool,
+                planner_class: type, plans_name: str) -> List[str]:
     from planners.cleaning import MIN_VOXEL_DIAGONALS, flag_far_pois, flagged_keys, surface_thresholds
-    from planners.experiment_planner import PLANS_IDENTIFIER, PoiExperimentPlanner
     from planners.fingerprint import PoiFingerprintExtractor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -105,8 +114,8 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
               f"targets (see {CLEANING_REPORT})")
 
     print("Experiment planning...")
-    planner = PoiExperimentPlanner(name, gpu_memory_target_in_gb=gpu_memory_target or 8,
-                                   poi_fingerprint=fingerprint, cleaning_thresholds=thresholds, flagged=flagged)
+    planner = planner_class(name, gpu_memory_target_in_gb=gpu_memory_target or 8, plans_name=plans_name,
+                            poi_fingerprint=fingerprint, cleaning_thresholds=thresholds, flagged=flagged)
     plans = planner.plan_experiment()
     if landmark_only:
         point_preprocessor_at_labels(staging / "dataset.json", ds, name)
@@ -121,7 +130,7 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         preprocessor = PoiPreprocessor(verbose=False, poi_folder=str(ds.path / "poisTr"),
                                        flagged=flagged_keys(flagged))
         preprocessor.show_progress_bar = progress
-        preprocessor.run(name, config, PLANS_IDENTIFIER, n)
+        preprocessor.run(name, config, plans_name, n)
         identifier = manager.get_configuration(config).data_identifier
         # POI files and uv maps (where the plan has uv templates) sit beside nnU-Net's data folder
         for folder in (identifier, identifier + "_pois", identifier + "_uv"):
@@ -131,7 +140,7 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         _copy_references(ds, staging / "gt_segmentations")
     gt = ["gt_segmentations"] if processes or landmark_only else []  # dataset.json's labels point there
     return data_folders + gt + ["dataset_fingerprint.json", "poi_fingerprint.json", CLEANING_REPORT,
-                                "dataset.json", "splits_final.json", f"{PLANS_IDENTIFIER}.json"]
+                                "dataset.json", "splits_final.json", f"{plans_name}.json"]
 
 
 def _copy_references(ds: RawDataset, folder: Path) -> None:
