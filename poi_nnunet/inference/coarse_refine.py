@@ -69,10 +69,7 @@ class CoarseRefinePredictor(PoiPredictor):
     def predict_case(self, data: Union[np.ndarray, torch.Tensor], space: PreprocessedSpace,
                      segmentation: Optional[np.ndarray] = None) -> CasePrediction:
         """Segmentation (sliding window, or ``segmentation`` given in preprocessed space) and the points."""
-        data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
-        expected = self.network_input_channels()
-        if expected is not None and data.shape[0] != expected:
-            raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
+        data = self.checked_input(data)
         self.set_case_space(space)
         try:
             recovered = {}

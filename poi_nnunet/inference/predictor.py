@@ -229,15 +229,8 @@ class PoiPredictor(nnUNetPredictor):
         are decoded inside its box, see :mod:`.decoding`), and structure mode requires it; a structure it
         misses is looked for around its heatmap peaks (:mod:`.missing_structures`).
         """
-        data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
-        expected = self.network_input_channels()
-        if expected is not None and data.shape[0] != expected:
-            raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
-        self.set_case_space(space)
-        try:
-            logits = self.predict_logits_from_preprocessed_data(data).cpu()  # nnU-Net's float16
-        finally:
-            self.set_case_space(None)
+        data = self.checked_input(data)
+        logits = self.case_logits(data, space)
         if logits.shape[0] != self.num_outputs:
             raise PoiNnunetError(f"the network gives {logits.shape[0]} outputs, expected {self.num_outputs} "
                                  f"({self.num_segmentation_outputs} segmentation + {self.layout.num_channels} heatmaps)")
@@ -257,6 +250,23 @@ class PoiPredictor(nnUNetPredictor):
             points = recover_missing_structures(points, heatmaps, seg_logits, segmentation, self.layout,
                                                 amplitude=plan.heatmap_amplitude, **options)
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
+
+    def checked_input(self, data: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """A preprocessed case ``(channels, z, y, x)`` as a tensor, checked against the network's inputs."""
+        data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
+        expected = self.network_input_channels()
+        if expected is not None and data.shape[0] != expected:
+            raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
+        return data
+
+    def case_logits(self, data: torch.Tensor, space: PreprocessedSpace) -> torch.Tensor:
+        """nnU-Net's sliding-window output of one case (all folds; test-time mirroring with this case's
+        left-right axis), on the CPU in nnU-Net's float16."""
+        self.set_case_space(space)
+        try:
+            return self.predict_logits_from_preprocessed_data(data).cpu()
+        finally:
+            self.set_case_space(None)
 
     def finds_missing_structures(self, segmentation_provided: bool) -> bool:
         """Whether structures the predicted segmentation misses are looked for in the heatmaps

@@ -48,15 +48,7 @@ class SegmentationPredictor(PoiPredictor):
         if segmentation is not None:
             raise PoiNnunetError("--labels gives structures to look for points in; a segmentation-only model "
                                  "predicts no points")
-        data = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
-        expected = self.network_input_channels()
-        if expected is not None and data.shape[0] != expected:
-            raise PoiNnunetError(f"preprocessed data has {data.shape[0]} channels, the network takes {expected}")
-        self.set_case_space(space)
-        try:
-            logits = self.predict_logits_from_preprocessed_data(data).cpu()
-        finally:
-            self.set_case_space(None)
+        logits = self.case_logits(self.checked_input(data), space)
         return CasePrediction(logits, logits[:0], None)
 
     def finds_missing_structures(self, segmentation_provided: bool) -> bool:

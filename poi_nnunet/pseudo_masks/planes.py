@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import ClassVar, Dict, List, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 from planners.experiment_planner import PoiExperimentPlanner
 
 from ..errors import PoiNnunetError
+from ..geometry import ImageGeometry
 from ..raw_dataset import RawDataset
 
 #: nnU-Net configuration the per-plane models use.
@@ -108,13 +108,8 @@ def dataset_planes(ds: RawDataset) -> List[Plane]:
 
 
 def _header(path: Path) -> Tuple[int, Tuple[float, ...]]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise PoiNnunetError(f"{path}: cannot be read ({str(exc).strip().splitlines()[-1]})") from None
-    return reader.GetDimension(), reader.GetDirection()
+    geometry = ImageGeometry.from_file(path)  # the header only; an unreadable file is an error naming it
+    return geometry.dim, tuple(float(v) for v in np.asarray(geometry.direction).ravel())
 
 
 class FixedTransposePlanner(PoiExperimentPlanner):
