@@ -1,4 +1,4 @@
-"""Point supervision's used-by path, tiny: poi_convert clicks -> plan -> poi_train point_sup (3D and 2D) and the
+"""Point supervision's used-by path, tiny: poi_convert clicks -> plan -> poi_train point_sup (3D) and the
 ignore-label baseline (nnunet on the same sparse labels) -> poi_predict (masks only) -> poi_evaluate.
 
 A couple of iterations each: the path and its outputs, not accuracy (``benchmarks/point_sup.py`` measures
@@ -13,12 +13,14 @@ from typing import Dict
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from poi_nnunet.cli.convert import main as convert_main
 from poi_nnunet.cli.evaluate import main as evaluate_main
 from poi_nnunet.cli.plan_and_preprocess import main as plan_main
 from poi_nnunet.cli.predict import main as predict_main
 from poi_nnunet.cli.train import main as train_main
+from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.plan import PoiPlan
 from tests.factories import use_nnunet_folders
 
@@ -40,7 +42,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
                             shape=(32, 24, 24))
         assert convert_main(["clicks", "--from-dataset", str(DENSE), "-d", str(SPARSE), "-n", "SpineClicks",
                              "--clicks-per-structure", "4", "--background-clicks", "6", "--click-radius-mm", "4"]) == 0
-        assert plan_main(["-d", str(SPARSE), "-c", "3d_fullres", "2d", "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
+        assert plan_main(["-d", str(SPARSE), "-c", "3d_fullres", "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
     return env
 
 
@@ -100,8 +102,8 @@ def test_point_sup_trains_in_3d_and_predicts_masks_only(env: Dict[str, Path], tm
     assert evaluate_main(["-ref", str(raw / "labelsTs"), "-pred", str(out), "-o", str(tmp_path / "eval")]) == 0
 
 
-def test_ignore_label_baseline_and_2d_point_sup_train_and_predict(env: Dict[str, Path], tmp_path: Path) -> None:
-    assert train_main([str(SPARSE), "2d", "point_sup", *SHORT, "--no_validation"]) == 0
+def test_ignore_label_baseline_trains_and_predicts_masks_only(env: Dict[str, Path], tmp_path: Path) -> None:
+    # (2D point_sup trains in tests/test_pseudo_masks_pipeline.py, one model per slicing plane)
     assert train_main([str(SPARSE), "3d_fullres", "nnunet", *SHORT, "--no_validation"]) == 0
     out = tmp_path / "baseline"
     assert predict_main(["-i", str(_raw(env) / "imagesTs"), "-o", str(out), "-d", str(SPARSE), "-c", "3d_fullres",
@@ -110,12 +112,13 @@ def test_ignore_label_baseline_and_2d_point_sup_train_and_predict(env: Dict[str,
     assert [n for n in written if n.endswith(".nii.gz")] and not [n for n in written if n.endswith(".mrk.json")]
 
 
-def test_point_sup_refuses_dense_labels(env: Dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    monkey = pytest.MonkeyPatch()
-    monkey.delenv("nnUNet_n_proc_DA")  # planning sets threads from it (see tests/factories)
-    try:
-        assert plan_main(["-d", str(DENSE), "-c", "2d", "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
-    finally:
-        monkey.undo()
-    assert train_main([str(DENSE), "2d", "point_sup", *SHORT]) != 0
-    assert "poi_convert clicks" in capsys.readouterr().err
+def test_point_sup_refuses_dense_labels(env: Dict[str, Path]) -> None:
+    from trainers.point_sup import PoiPointSupTrainer
+
+    name = f"Dataset{SPARSE}_SpineClicks"
+    plans = json.loads((env["nnUNet_preprocessed"] / name / "poiPlans.json").read_text())
+    dataset_json = json.loads((env["nnUNet_preprocessed"] / name / "dataset.json").read_text())
+    del dataset_json["labels"]["ignore"]  # the same dataset, densely labelled
+    plans["continue_training"] = False  # as trainer_factory.build_trainer passes it to nnU-Net >= 2.8
+    with pytest.raises(PoiNnunetError, match="poi_convert clicks"):
+        PoiPointSupTrainer(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
