@@ -102,6 +102,40 @@ def test_point_sup_trains_in_3d_and_predicts_masks_only(env: Dict[str, Path], tm
     assert evaluate_main(["-ref", str(raw / "labelsTs"), "-pred", str(out), "-o", str(tmp_path / "eval")]) == 0
 
 
+def test_nnunets_own_predictor_gives_the_same_masks(env: Dict[str, Path], tmp_path: Path) -> None:
+    """The point_sup network is nnU-Net's, unchanged: nnU-Net's own predictor, built on nnUNetTrainer's network
+    with the checkpoint's weights, predicts what poi_predict -tr point_sup writes."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    model = env["nnUNet_results"] / f"Dataset{SPARSE}_SpineClicks" / "PoiPointSupTrainer__poiPlans__3d_fullres"
+    if not (model / "fold_0" / "checkpoint_final.pth").is_file():
+        assert train_main([str(SPARSE), "3d_fullres", "point_sup", *SHORT, "--no_validation"]) == 0
+    raw = _raw(env)
+    ours = tmp_path / "ours"
+    assert predict_main(["-i", str(raw / "imagesTs"), "-o", str(ours), "-d", str(SPARSE), "-c", "3d_fullres",
+                         "-tr", "point_sup", "-f", "0", "-device", "cpu", "--no_pbar"]) == 0
+    plans_manager = PlansManager(json.loads((model / "plans.json").read_text()))
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    configuration = plans_manager.get_configuration("3d_fullres")
+    checkpoint = torch.load(model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    network = nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration, determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+    predictor.manual_initialization(network, plans_manager, configuration, [checkpoint["network_weights"]],
+                                    dataset_json, "nnUNetTrainer", checkpoint["inference_allowed_mirroring_axes"])
+    for image in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+        case = image.name[: -len("_0000.nii.gz")]
+        data, properties = SimpleITKIO().read_images([str(f) for f in sorted(raw.glob(f"imagesTs/{case}_*.nii.gz"))])
+        theirs = predictor.predict_single_npy_array(data, properties)
+        mine = sitk.GetArrayFromImage(sitk.ReadImage(str(ours / f"{case}.nii.gz")))
+        assert theirs.shape == mine.shape and np.mean(theirs == mine) > 0.999
+
+
 def test_ignore_label_baseline_trains_and_predicts_masks_only(env: Dict[str, Path], tmp_path: Path) -> None:
     # (2D point_sup trains in tests/test_pseudo_masks_pipeline.py, one model per slicing plane)
     assert train_main([str(SPARSE), "3d_fullres", "nnunet", *SHORT, "--no_validation"]) == 0
