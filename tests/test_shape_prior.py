@@ -103,7 +103,7 @@ def _whole_image_cases(n: int) -> List[dict]:
 
 def test_whole_image_plan_of_one_structure_has_one_group_with_the_shape_and_the_sigma_floor_as_spread() -> None:
     block = poi_block(_fingerprint(_whole_image_cases(6)), _config([1.0, 1.0, 1.0], [64, 64, 64]), (0, 1, 2), {}, [], {})
-    assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION == 6
+    assert block["crop_mode"] == WHOLE_IMAGE and block["version"] == POI_BLOCK_VERSION
     prior = PoiPlan.from_block(block).shape_prior
     assert prior is not None and len(prior.groups) == 1
     group = prior.group_for(0)  # the structure label of a landmark-only dataset
