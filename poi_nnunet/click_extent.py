@@ -5,8 +5,11 @@ it, so a voxel farther than ``r`` from at least one of the structure's clicks (t
 its clicks) is certainly not that structure. Elsewhere the class is unknown.
 
 Distances are direct distances to the clicked voxels in millimetres (the few clicks of a patch; no
-distance transform), so anisotropic grids and the scaling augmentation's patch spacing are exact.
-Only clicks inside the patch count: a click outside it is not in the batch.
+distance transform), with the batch's per-axis patch spacing: exact on an unrotated patch, anisotropic
+grids and the scaling augmentation included. A patch that the augmentation rotated away from the axes of
+an anisotropic grid has no single per-axis spacing; there the distances are an approximation (the radii
+are planned with a margin, ``EXTENT_PER_CLICK_SPREAD``). Only clicks inside the patch count: a click
+outside it is not in the batch.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch
 # many voxels); a subset can only underestimate the farthest distance, which makes the mask smaller
 # (more voxels "unknown"), never wrong
 MAX_CLICK_VOXELS = 64
+# clicks per distance block: keeps the (voxels, clicks) distance matrix small (a 128^3 patch: 64 MB)
+CLICK_BLOCK = 8
 
 
 def voxel_grid_mm(shape: Sequence[int], spacing_mm: torch.Tensor) -> torch.Tensor:
@@ -57,6 +62,9 @@ def outside_extent(labels: torch.Tensor, classes: Sequence[int], radius_mm: Mapp
             if grid is None:
                 grid = voxel_grid_mm(spatial, spacing_mm[b])
             clicks_mm = _subset(clicks.float(), MAX_CLICK_VOXELS) * spacing_mm[b].float()
-            farthest = torch.cdist(grid, clicks_mm).amax(dim=1)
+            farthest = torch.zeros(len(grid), device=grid.device)
+            for start in range(0, len(clicks_mm), CLICK_BLOCK):
+                block = torch.cdist(grid, clicks_mm[start:start + CLICK_BLOCK]).amax(dim=1)
+                farthest = torch.maximum(farthest, block)
             out[b, k] = (farthest > float(r)).reshape(spatial)
     return out

@@ -49,9 +49,20 @@ def test_extent_mask_is_empty_without_clicks_or_radius():
 def test_extent_penalty_is_minus_log_one_minus_p_where_impossible():
     p = torch.tensor([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]]).T.reshape(1, 3, 2)  # (B, C, X): two voxels
     outside = torch.tensor([[[True, False], [False, True]]])  # class 1 impossible at voxel 0, class 2 at voxel 1
-    value = extent_penalty(p, outside, [1, 2])
+    value = extent_penalty(torch.log(p), outside, [1, 2])  # logits whose softmax is p
     expected = (-math.log(1 - 0.5) - math.log(1 - 0.8)) / 2
     assert float(value) == pytest.approx(expected, rel=1e-6)
+
+
+def test_extent_penalty_keeps_its_value_and_gradient_where_the_wrong_class_is_certain():
+    # logits (0, 20, 0): p_1 = 1 - 2e-20 / (1 + 2e-20) rounds to 1 in float32; class 1 is impossible here
+    logits = torch.tensor([0.0, 20.0, 0.0]).reshape(1, 3, 1).requires_grad_(True)
+    value = extent_penalty(logits, torch.tensor([[[True]]]), [1])
+    # by hand: -log(1 - p_1) = log(1 + 2 e^-20) - log(2 e^-20) = 20 - log 2 (+ 4e-9)
+    assert float(value.detach()) == pytest.approx(20.0 - math.log(2.0), abs=1e-4)
+    value.backward()
+    # d/dz_1 = p_1 (about 1), d/dz_0 = d/dz_2 = p_0 - 1/2 ... = -1/2 (the other two share 1 - p_1 evenly)
+    np.testing.assert_allclose(logits.grad.reshape(-1).numpy(), [-0.5, 1.0, -0.5], atol=1e-5)
 
 
 # ---------------------------------------------------------------- point loss
@@ -102,6 +113,18 @@ def test_right_angle_transform_by_hand_and_its_inverse():
     assert torch.equal(t3.invert(t3.apply(y)), y)
 
 
+def test_a_quarter_turn_without_flip_is_not_its_own_inverse_and_consistency_follows_its_direction():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2)
+    t = RightAngleTransform(RotationPlane((0, 1), True), turns=1, flip=False)
+    # numpy's rot90 by hand: [[2, 4], [1, 3]]; its inverse turns the other way: [[3, 1], [4, 2]]
+    np.testing.assert_array_equal(t.apply(x)[0, 0].numpy(), [[2.0, 4.0], [1.0, 3.0]])
+    np.testing.assert_array_equal(t.invert(x)[0, 0].numpy(), [[3.0, 1.0], [4.0, 2.0]])
+    torch.manual_seed(3)
+    p = torch.softmax(torch.randn(1, 3, 5, 5) * 3, 1)
+    # the network's output on t(x) must equal t applied to its output on x, not the inverse turn
+    assert float(rotation_consistency(p, t.apply(p), t)) == pytest.approx(0.0, abs=1e-7)
+    assert float(rotation_consistency(p, t.invert(p), t)) > 0.1
+
 def test_consistency_is_zero_for_an_equivariant_output_and_hand_valued_otherwise():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(2, 3, 1)  # voxel-wise: commutes with every voxel permutation
@@ -150,7 +173,7 @@ def test_loss_sums_the_weighted_terms_and_switches_off_a_zero_weight():
     outside = outside_extent(target[:, 0], [1], {1: 3.0}, torch.ones(1, 2))
     expected = (point_cross_entropy(logits, target, IGNORE, cw)
                 + 0.5 * rotation_consistency(p, torch.softmax(transformed, 1), transform)
-                + 0.1 * separation(p) + 2.0 * extent_penalty(p, outside, [1]))
+                + 0.1 * separation(p) + 2.0 * extent_penalty(logits, outside, [1]))
     assert float(result.total) == pytest.approx(float(expected), rel=1e-5)
     assert set(result.terms) == {"point", "consistency", "separation", "extent"}
     no_extent = PointSupervisionLoss(3, IGNORE, {1: 3.0}, PointSupWeights(extent=0.0), [1.0])

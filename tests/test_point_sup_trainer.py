@@ -88,6 +88,7 @@ def test_point_sup_trains_in_3d_and_predicts_masks_only(env: Dict[str, Path], tm
     # end-of-training validation was scored against the dense references, not the sparse labels
     summary = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())
     assert summary["segmentation"]["n_cases"] >= 1
+    assert Path(summary["ref_dir"]).name == "labelsTr_reference"
     raw = _raw(env)
     out = tmp_path / "pred"
     assert predict_main(["-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(SPARSE), "-c", "3d_fullres",
@@ -109,7 +110,11 @@ def test_nnunets_own_predictor_gives_the_same_masks(env: Dict[str, Path], tmp_pa
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from poi_nnunet.pseudo_masks.pipeline import predict_probabilities
+    from poi_nnunet.trained_models import load_poi_model
 
     model = env["nnUNet_results"] / f"Dataset{SPARSE}_SpineClicks" / "PoiPointSupTrainer__poiPlans__3d_fullres"
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
@@ -128,12 +133,19 @@ def test_nnunets_own_predictor_gives_the_same_masks(env: Dict[str, Path], tmp_pa
     predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, configuration, [checkpoint["network_weights"]],
                                     dataset_json, "nnUNetTrainer", checkpoint["inference_allowed_mirroring_axes"])
+    mine_predictor = load_poi_model(f"Dataset{SPARSE}_SpineClicks", "3d_fullres", "point_sup", ["0"], device="cpu",
+                                    allow_tqdm=False)
     for image in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
         case = image.name[: -len("_0000.nii.gz")]
         data, properties = SimpleITKIO().read_images([str(f) for f in sorted(raw.glob(f"imagesTs/{case}_*.nii.gz"))])
-        theirs = predictor.predict_single_npy_array(data, properties)
+        theirs, their_probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
         mine = sitk.GetArrayFromImage(sitk.ReadImage(str(ours / f"{case}.nii.gz")))
         assert theirs.shape == mine.shape and np.mean(theirs == mine) > 0.999
+        # masks of a barely trained model may be all background: the probabilities must agree too
+        my_probabilities = predict_probabilities(mine_predictor, DefaultPreprocessor(verbose=False),
+                                                 sorted(raw.glob(f"imagesTs/{case}_*.nii.gz")))
+        assert my_probabilities.shape == their_probabilities.shape
+        np.testing.assert_allclose(my_probabilities, their_probabilities, atol=2e-3)
 
 
 def test_ignore_label_baseline_trains_and_predicts_masks_only(env: Dict[str, Path], tmp_path: Path) -> None:

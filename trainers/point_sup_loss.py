@@ -20,7 +20,8 @@ as nnU-Net's loaders give them.
   one-hot corners): a push toward a decided class, never toward two half-decided ones.
 * **Prior extent** ``L_E`` (Eq. 3-4): where a class is impossible (farther than its planned extent from
   one of its clicks, :mod:`poi_nnunet.click_extent`), ``-log(1 - p_k)`` pushes its probability to 0;
-  summed over classes, averaged over voxels. As above, ``p_k`` is the softmax probability.
+  summed over classes, averaged over voxels. As above, ``p_k`` is the softmax probability; the log is
+  taken from the logits, so a confidently wrong class keeps its gradient.
 
 Data reaches the loss as arguments: ``loss(output, target, batch)`` with the network output a
 :class:`PointSupOutput` in training (the transformed pass rides along) or nnU-Net's plain output.
@@ -110,12 +111,30 @@ def separation(probabilities: Tensor) -> Tensor:
     return 1.0 - pair_sum.mean() / (classes - 1)
 
 
-def extent_penalty(probabilities: Tensor, outside: Tensor, classes: Sequence[int]) -> Tensor:
-    """Mean over voxels of ``sum_k outside_k * -log(1 - p_{classes[k]})``; ``outside`` (B, K, *spatial) bool."""
+def log_one_minus_softmax(logits: Tensor) -> Tensor:
+    """``log(1 - softmax(logits))`` per class, (B, C, *spatial), stable where a class is nearly certain.
+
+    ``log1p(-p)`` loses everything once ``p`` rounds to 1 (a logit lead of about 17 in float32), and a
+    clamp there cuts the gradient exactly where a confidently wrong class must be pushed down. For the
+    voxel's top class the value is computed from the logits instead, ``logsumexp_{j != k} z_j -
+    logsumexp_j z_j``; every other class has ``p <= 1/2``, where ``log1p(-p)`` is accurate. Needs C >= 2.
+    """
+    z = logits.float()
+    total = torch.logsumexp(z, 1, keepdim=True)
+    is_top = torch.zeros_like(z, dtype=torch.bool).scatter_(1, z.argmax(1, keepdim=True), True)
+    without_top = torch.logsumexp(z.masked_fill(is_top, float("-inf")), 1, keepdim=True)
+    rest = torch.where(is_top, torch.zeros_like(z), torch.exp(z - total))  # p of the non-top classes
+    return torch.where(is_top, without_top - total, torch.log1p(-rest))
+
+
+def extent_penalty(logits: Tensor, outside: Tensor, classes: Sequence[int]) -> Tensor:
+    """Mean over voxels of ``sum_k outside_k * -log(1 - p_{classes[k]})`` with ``p = softmax(logits)``;
+    ``logits`` (B, C, *spatial), ``outside`` (B, K, *spatial) bool. Taken from the logits so that its
+    gradient survives a class the network is sure of (:func:`log_one_minus_softmax`)."""
     if not len(classes) or not bool(outside.any()):
-        return probabilities.sum() * 0.0
-    p = probabilities[:, list(classes)].clamp(max=1.0 - 1e-6)
-    return (-torch.log1p(-p) * outside.to(p.dtype)).sum(1).mean()
+        return logits.sum() * 0.0
+    penalty = -log_one_minus_softmax(logits)[:, list(classes)]
+    return (penalty * outside.to(penalty.dtype)).sum(1).mean()
 
 
 class PointSupervisionLoss(nn.Module):
@@ -159,7 +178,7 @@ class PointSupervisionLoss(nn.Module):
         if w.extent and self.extent_classes:
             labels = full_target[:, 0] if full_target.ndim == outputs[0].ndim else full_target
             outside = outside_extent(labels, self.extent_classes, self.extent_mm, batch.patch_spacing_mm)
-            ext = extent_penalty(probabilities, outside, self.extent_classes)
+            ext = extent_penalty(outputs[0], outside, self.extent_classes)
             total = total + w.extent * ext
             terms["extent"] = float(ext.detach())
         return LossOutput(total, terms)

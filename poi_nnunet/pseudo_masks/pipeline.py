@@ -277,10 +277,12 @@ def predict_probabilities(predictor, preprocessor, files: Sequence[Path]) -> np.
     probabilities = np.asarray(probabilities, dtype=np.float32)
     shape = tuple(int(s) for s in raw.size[::-1])
     if probabilities.shape[1:] != shape:
-        if int(np.prod(probabilities.shape[1:])) != int(np.prod(shape)):
+        # a 2D image: nnU-Net predicts (C, 1, y, x); only that unit axis may be dropped
+        if not (len(shape) == 2 and probabilities.ndim == 4 and probabilities.shape[1] == 1
+                and probabilities.shape[2:] == shape):
             raise PoiNnunetError(f"{names[0]}: prediction of shape {probabilities.shape[1:]} does not fit the image "
                                  f"array {shape}")
-        probabilities = probabilities.reshape((probabilities.shape[0],) + shape)  # 2D: drop nnU-Net's unit axis
+        probabilities = probabilities[:, 0]
     return probabilities
 
 
