@@ -144,6 +144,26 @@ def test_consistency_is_zero_for_an_equivariant_output_and_hand_valued_otherwise
     assert float(rotation_consistency(fixed, fixed, flip_rows)) == pytest.approx(0.0)  # rows flipped: halves stay
 
 
+@pytest.mark.parametrize("spacing, patch, fixed, plane", [
+    ([1.0, 1.0, 1.0], [32, 32, 32], {2}, RotationPlane((0, 1), True)),
+    ([3.0, 1.0, 1.0], [16, 32, 32], {1}, RotationPlane((0, 2), False)),  # 3 mm against 1 mm: half turns
+    ([0.8, 0.8], [112, 112], {1}, RotationPlane((0, 1), False, False)),  # 2D: a flip of axis 0 alone
+    ([0.8, 0.8], [112, 112], {0, 1}, None),
+])
+def test_lateralised_labels_keep_the_left_right_axis_out_of_every_transform(spacing, patch, fixed, plane):
+    got = rotation_plane(spacing, patch, fixed_axes=fixed)
+    assert got == plane
+    if got is None:
+        return
+    # channels holding each voxel's own coordinates: no drawn transform may move or reverse a fixed axis
+    shape = [4] * len(spacing) if got.quarter_turns else [4 + a for a in range(len(spacing))]
+    grids = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))[None]
+    for turns in got.turns:
+        for flip in (False, True):
+            moved = RightAngleTransform(got, turns, flip).apply(grids)
+            for axis in fixed:
+                assert torch.equal(moved[:, axis], grids[:, axis]), (turns, flip, axis)
+
 def test_rotation_plane_prefers_isotropic_square_axes():
     assert rotation_plane([3.0, 1.0, 1.0], [16, 32, 32]) == RotationPlane((1, 2), True)
     assert rotation_plane([1.0, 1.0, 1.0], [32, 32, 48]) == RotationPlane((0, 1), True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from poi_nnunet.augmentation.right_angles import RightAngleTransform, rotation_plane
+from poi_nnunet.augmentation.right_angles import RightAngleTransform, RotationPlane, rotation_plane
 from poi_nnunet.batch import PoiBatch
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.inference.segmentation_predictor import SegmentationPredictor
@@ -52,16 +52,31 @@ class PoiPointSupTrainer(PoiTrainer):
             raise PoiNnunetError("point_sup does not train region-based labels ('regions_class_order'); use "
                                  "one label per structure")
         self.extent_mm = dict(self.poi_plan.point_sup_extent_mm or {})
-        self.rotation = rotation_plane(self.configuration_manager.spacing, self.configuration_manager.patch_size)
+        # decided again once the cases' left-right axes are known (mirror_settings)
+        self.rotation: Optional[RotationPlane] = rotation_plane(self.configuration_manager.spacing,
+                                                                self.configuration_manager.patch_size)
         self._transforms = np.random.default_rng(fold if isinstance(fold, int) else 0)
 
     def on_train_start(self) -> None:
         super().on_train_start()
         w = self.loss_weights
+        turns = "off: every axis is left-right in some case" if self.rotation is None else \
+            f"rotates axes {self.rotation.axes} by {[90 * t for t in self.rotation.turns]} degrees (+ flip)"
         self.print_to_log_file(
             f"point_sup: weights point {w.point}, consistency {w.consistency}, separation {w.separation}, extent "
-            f"{w.extent}; consistency rotates axes {self.rotation.axes} by {[90 * t for t in self.rotation.turns]} "
-            f"degrees (+ flip); extent radii (mm) {self.extent_mm or 'none planned: the extent term is off'}")
+            f"{w.extent}; consistency {turns}; extent radii (mm) "
+            f"{self.extent_mm or 'none planned: the extent term is off'}")
+
+    def mirror_settings(self, points, mirror_axes):
+        """nnU-Net's mirroring as the base sets it; with lateralised labels (``structure_mirror_pairs``) the
+        consistency transforms also keep every case's left-right axis fixed (module right_angles)."""
+        settings = super().mirror_settings(points, mirror_axes)
+        if self.dataset_json.get("structure_mirror_pairs"):
+            n_axes = len(self.configuration_manager.patch_size)
+            lateral = {p.space.left_right_patch_axis(n_axes) for p in points.values()} - {-1}
+            self.rotation = rotation_plane(self.configuration_manager.spacing, self.configuration_manager.patch_size,
+                                           fixed_axes=lateral)
+        return settings
 
     def build_poi_loss(self, segmentation_loss: Optional[nn.Module]) -> PointSupervisionLoss:
         """The four-term loss; nnU-Net's Dice+CE is not used, only its deep-supervision weights."""
@@ -72,7 +87,7 @@ class PoiPointSupTrainer(PoiTrainer):
     def forward_network(self, data: torch.Tensor, batch: PoiBatch):
         """nnU-Net's pass; in training with the consistency term on, a second pass on the turned batch."""
         outputs = self.network(data)
-        if not self.network.training or not self.loss_weights.consistency:
+        if not self.network.training or not self.loss_weights.consistency or self.rotation is None:
             return outputs
         transform = RightAngleTransform.random(self.rotation, self._transforms)
         transformed = full_resolution(self.network(transform.apply(data)))

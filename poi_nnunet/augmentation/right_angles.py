@@ -6,12 +6,16 @@ compared voxel for voxel. A rotation turns one plane of the patch: in 2D the ima
 plane of the two axes whose spacings are closest (a rotation mixes the axes, so it must not turn a
 1 mm axis into a 5 mm one). A quarter turn also swaps the two axes' lengths, so it is only used where
 the patch is square in that plane; elsewhere the turns are 0 and 180 degrees.
+
+Lateralised labels (a left and a right kidney) break the equivariance the loss asks for: reversed along
+the left-right axis, a left kidney is on the right. Such an axis is kept out of the plane (``fixed_axes``);
+where only one free axis is left, the transform is a flip of that axis alone.
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Collection, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,26 +30,37 @@ class RotationPlane:
 
     axes: Tuple[int, int]
     quarter_turns: bool  # 90 and 270 degrees allowed (square in-plane patch, similar spacings)
+    half_turns: bool = True  # 180 degrees allowed (it reverses both axes: not where the second one is fixed)
 
     @property
     def turns(self) -> Tuple[int, ...]:
-        return (0, 1, 2, 3) if self.quarter_turns else (0, 2)
+        if self.quarter_turns:
+            return (0, 1, 2, 3)
+        return (0, 2) if self.half_turns else (0,)
 
 
-def rotation_plane(spacing: Sequence[float], patch_size: Sequence[int]) -> RotationPlane:
-    """The plane to rotate in: of all axis pairs, the one with the most similar spacings (ties: the pair
-    with equal patch lengths, then the last axes, which are nnU-Net's in-plane axes)."""
+def rotation_plane(spacing: Sequence[float], patch_size: Sequence[int],
+                   fixed_axes: Collection[int] = ()) -> Optional[RotationPlane]:
+    """The plane to rotate in: of all axis pairs without a ``fixed_axes`` member, the one with the most
+    similar spacings (ties: the pair with equal patch lengths, then the last axes, which are nnU-Net's
+    in-plane axes). With one free axis left, a flip-only plane (that axis first); with none, None."""
     spacing = [float(s) for s in spacing]
     patch_size = [int(p) for p in patch_size]
     if len(spacing) < 2:
         raise ValueError(f"a rotation needs two spatial axes, got spacing {spacing}")
+    free = [a for a in range(len(spacing)) if a not in set(fixed_axes)]
+    if len(free) < 2:
+        if not free:
+            return None
+        other = next(a for a in range(len(spacing)) if a != free[0])
+        return RotationPlane((free[0], other), quarter_turns=False, half_turns=False)
 
     def key(pair: Tuple[int, int]):
         a, b = pair
         ratio = max(spacing[a], spacing[b]) / min(spacing[a], spacing[b])
         return (round(ratio, 6), patch_size[a] != patch_size[b], -a, -b)
 
-    a, b = min(itertools.combinations(range(len(spacing)), 2), key=key)
+    a, b = min(itertools.combinations(free, 2), key=key)
     ratio = max(spacing[a], spacing[b]) / min(spacing[a], spacing[b])
     return RotationPlane((a, b), patch_size[a] == patch_size[b] and ratio <= MAX_SPACING_RATIO)
 
