@@ -72,7 +72,11 @@ def inverse_frequency_weighted_dice(dice_by_label: Mapping[int, float], ref_voxe
 
     Rare labels weigh as much as common ones (seed 002's class-weighted Dice).
     Labels absent from the reference (``A_m = 0``, infinite weight) and labels
-    with NaN Dice are left out; NaN when none is left.
+    with NaN Dice are left out; NaN when none is left. Seed 002's Eq. 5 sums
+    over every class, background included; here, as in nnU-Net's metrics,
+    background is not a label, so the value scores the structures alone (a
+    well-segmented background would add its Dice, near 1, at the smallest
+    weight, and raise the seed's number slightly).
     """
     weights, values = [], []
     for label, value in dice_by_label.items():
