@@ -233,6 +233,25 @@ def test_a_second_run_skips_every_stage(failed_run: Dict[str, Path], completed_r
     assert {p: os.stat(p).st_mtime_ns for p in watched} == before
 
 
+def test_a_retrained_plane_model_is_predicted_and_fused_again_and_the_dataset_kept(
+        failed_run: Dict[str, Path], completed_run: str) -> None:
+    env = failed_run
+    results = env["nnUNet_results"] / SOURCE
+    checkpoint = sorted(results.glob("*_axial__2d/fold_all/checkpoint_final.pth"))[0]
+    stat = os.stat(checkpoint)
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # as if trained again
+    work = results / "pseudo_masks"
+    axial, coronal = sorted((work / "probabilities" / "axial").glob("*.npz")), \
+        sorted((work / "probabilities" / "coronal").glob("*.npz"))
+    before = {p: os.stat(p).st_mtime_ns for p in axial + coronal}
+    labels = sorted((env["nnUNet_raw"] / NEW / "labelsTr").glob("*.nii.gz"))
+    written = {p: p.read_bytes() for p in labels}
+    text = _run(env, ["-d", str(SOURCE_ID), *SHORT])
+    assert "axial: the model changed" in text and "stages run: predict, fuse;" in text
+    assert all(os.stat(p).st_mtime_ns != before[p] for p in axial)  # redone
+    assert all(os.stat(p).st_mtime_ns == before[p] for p in coronal)  # kept
+    assert "WARNING" in text and {p: p.read_bytes() for p in labels} == written  # never overwritten
+
 def test_an_existing_other_dataset_is_never_overwritten(failed_run: Dict[str, Path], completed_run: str) -> None:
     from poi_nnunet.cli.pseudo_masks import main
 

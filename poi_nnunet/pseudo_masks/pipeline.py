@@ -23,6 +23,7 @@ Work files, under ``$nnUNet_results/<D>/pseudo_masks/`` (beside the models, so d
 
     probabilities/<plane>/<case>.npz   'probabilities': float16 (C, *image array shape), softmax over D's labels
                                        without 'ignore', in SimpleITK array order ((z, y, x), or (y, x) in 2D)
+    probabilities/<plane>/model.json   the checkpoint (size, time) they came from: a retrained model redoes them
     fused/settings.json                smoothing radii the masks were made with (others: the folder is redone)
     fused/<mean|vote>/<case><ending>   fused and smoothed pseudo masks, on the raw image's grid
     fused/dice/<case>.json             per-case Dice rows (only with dense references)
@@ -121,7 +122,7 @@ def run_pseudo_masks(dataset: PathLike, options: PseudoMaskOptions) -> PseudoMas
     _stage(result, "predict", stage_predict(ds, planes, cases, work, options))
     ran, result.dice = stage_fuse(ds, planes, cases, work, options)
     _stage(result, "fuse", ran)
-    _stage(result, "write", stage_write(ds, target, work, options, settings, result.dice))
+    _stage(result, "write", stage_write(ds, target, work, options, settings, result.dice, fused_again=ran))
     return result
 
 
@@ -231,6 +232,7 @@ def stage_predict(ds: RawDataset, planes: Sequence[Plane], cases: Sequence[str],
     """Write every missing ``probabilities/<plane>/<case>.npz``; True if any was written."""
     ran = False
     for p in planes:
+        _forget_other_models_probabilities(ds, p, work, options)
         todo = [c for c in cases if not probabilities_file(work, p, c).is_file()]
         if not todo:
             _say("predict", f"skipped {p.name}: all {len(cases)} case(s) in {work / 'probabilities' / p.name}")
@@ -246,6 +248,32 @@ def stage_predict(ds: RawDataset, planes: Sequence[Plane], cases: Sequence[str],
             _save_probabilities(probabilities_file(work, p, case), probabilities)
         ran = True
     return ran
+
+
+def _model_stamp(ds: RawDataset, plane: Plane, options: PseudoMaskOptions) -> Dict[str, Any]:
+    """What a plane's probabilities depend on: its checkpoint (path, size, modification time) and mirroring."""
+    checkpoint = model_fold_folder(ds, plane, str(_fold(options.fold))) / "checkpoint_final.pth"
+    stat = checkpoint.stat()
+    return {"checkpoint": str(checkpoint), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "use_mirroring": bool(options.use_mirroring)}
+
+
+def _forget_other_models_probabilities(ds: RawDataset, plane: Plane, work: Path, options: PseudoMaskOptions) -> None:
+    """A retrained plane model (its checkpoint deleted and made again) makes its probabilities and every fused mask
+    stale: delete them, then record the model the next probabilities come from (``probabilities/<plane>/model.json``).
+    Probabilities without a record (an older run) are kept and the model recorded."""
+    folder = work / "probabilities" / plane.name
+    record = folder / "model.json"
+    stamp = _model_stamp(ds, plane, options)
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != stamp:
+        _say("predict", f"{plane.name}: the model changed since {folder} was predicted; predicting again, and "
+                        f"fusing again")
+        shutil.rmtree(folder)
+        if (work / "fused").is_dir():
+            shutil.rmtree(work / "fused")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not record.is_file() or json.loads(record.read_text(encoding="utf-8")) != stamp:
+        atomic_write_text(record, json.dumps(stamp, indent=1) + "\n")
 
 
 def _plane_predictor(ds: RawDataset, plane: Plane, options: PseudoMaskOptions):
@@ -390,10 +418,15 @@ def _nan(value: Any) -> bool:
 
 # ---------------------------------------------------------------------------------------------- 5. write
 def stage_write(ds: RawDataset, target: OutputTarget, work: Path, options: PseudoMaskOptions,
-                settings: Dict[str, Any], dice_summary: Optional[Dict[str, Any]]) -> bool:
-    """Write the new raw dataset unless it exists (made from ``ds`` with ``settings``); True if written."""
+                settings: Dict[str, Any], dice_summary: Optional[Dict[str, Any]], fused_again: bool = False) -> bool:
+    """Write the new raw dataset unless it exists (made from ``ds`` with ``settings``); True if written.
+    ``fused_again``: the masks were remade in this run (an existing dataset then holds older ones: say so)."""
     if target.exists:
         _say("write", f"skipped: {target.path} exists, made from {ds.path.name} with these settings")
+        if fused_again:
+            _say("write", f"WARNING: the pseudo masks were made again in this run, {target.path} holds the earlier "
+                          "ones; it is not overwritten (a model may have been trained on it): delete it, or pass "
+                          "another --output-id, to write the new masks")
         return False
     method = options.fusion if (work / "fused" / options.fusion).is_dir() else next(
         m for m in FUSION_METHODS if (work / "fused" / m).is_dir())
