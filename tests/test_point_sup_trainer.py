@@ -113,7 +113,7 @@ def test_nnunets_own_predictor_gives_the_same_masks(env: Dict[str, Path], tmp_pa
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from poi_nnunet.pseudo_masks.pipeline import predict_probabilities
+    from poi_nnunet.pseudo_masks.plane_prediction import predict_probabilities
     from poi_nnunet.trained_models import load_poi_model
 
     model = env["nnUNet_results"] / f"Dataset{SPARSE}_SpineClicks" / "PoiPointSupTrainer__poiPlans__3d_fullres"

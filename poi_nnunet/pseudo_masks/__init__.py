@@ -3,8 +3,9 @@
 Pure functions: :mod:`.fusion` fuses the probabilities or label maps of the three 2D models (one per
 anatomical plane, already on the case's grid) into one label map, and :mod:`.smoothing` cleans that map
 morphologically before it is used as the training target of the final model. :mod:`.planes` slices the
-volumes for the per-plane models, :mod:`.pipeline` runs the stages (train, predict, fuse, smooth, write) and
-:mod:`.output_dataset` writes the pseudo-masked dataset; ``poi_pseudo_masks`` is their command line.
+volumes for the per-plane models, :mod:`.pipeline` runs the stages (:mod:`.plane_models`,
+:mod:`.plane_prediction`, :mod:`.fused_masks`, :mod:`.output_dataset`); ``poi_pseudo_masks`` is their command
+line.
 """
 from .fusion import (FUSION_METHODS, NNUNET_PROBABILITIES_KEY, FusionMethod, fuse, fuse_probabilities, fuse_votes,
                      label_dtype, load_nnunet_probabilities)
