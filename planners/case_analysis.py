@@ -29,7 +29,8 @@ MAX_NEIGHBOURS = 2
 def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file: Optional[str],
                  ignore_label: Optional[int] = None) -> Dict[str, Any]:
     """Measure field of view, structure extents, POI positions and their surface and neighbour distances;
-    for sparse labels (an ``ignore_label``), the extent of each class's clicks too."""
+    for sparse labels (an ``ignore_label``), the extent of each class's clicks instead of the structures' (the
+    POIs are then measured as in a landmark-only dataset: whole-image boxes, no surface distances)."""
     geo = ImageGeometry.from_file(image_file)
     spacing = geo.spacing[::-1]  # array order
     shape = np.array(geo.size[::-1])
@@ -50,7 +51,9 @@ def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file
     if pois is None or len(pois) == 0:
         return result
     label = None
-    if label_file is not None and Path(label_file).is_file():
+    # sparse labels hold a few clicks, not the structures: their boxes and surfaces would be the clicks' (POIs
+    # "far from the surface" by tens of mm, flagged and dropped), so POIs are measured as without masks
+    if label_file is not None and Path(label_file).is_file() and ignore_label is None:
         label = sitk.GetArrayFromImage(sitk.ReadImage(label_file))
     grid = geo.world_to_array(pois.positions()) * spacing  # (N, dim) grid mm
     structures = sorted({p.structure for p in pois})

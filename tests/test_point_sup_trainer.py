@@ -78,6 +78,12 @@ def test_planned_extent_covers_each_class_clicks(env: Dict[str, Path]) -> None:
         assert 5 * spread - 1e-3 <= extent[label] <= 5 * spread * np.sqrt(3) + 1e-3
 
 
+def test_sparse_labels_flag_no_poi_as_off_the_surface(env: Dict[str, Path]) -> None:
+    # the dense twin flags none (the phantom's POIs lie on its bones); measured against a few clicks, POIs
+    # would sit "tens of mm off the surface" and be left out of training
+    report = json.loads((env["nnUNet_preprocessed"] / f"Dataset{SPARSE}_SpineClicks" / "poi_cleaning.json").read_text())
+    assert report["num_flagged"] == 0 and report["max_surface_distance_mm"] == {}
+
 def test_point_sup_trains_in_3d_and_predicts_masks_only(env: Dict[str, Path], tmp_path: Path) -> None:
     assert train_main([str(SPARSE), "3d_fullres", "point_sup", *SHORT]) == 0
     fold = env["nnUNet_results"] / f"Dataset{SPARSE}_SpineClicks" / "PoiPointSupTrainer__poiPlans__3d_fullres" / "fold_0"
