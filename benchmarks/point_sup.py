@@ -135,8 +135,9 @@ def foreground_dice(reference: Path, prediction: Path) -> float:
 
 def supervised_row(work: Path, row: str, dataset_id: int, dataset: str, trainer: str, configuration: str,
                    args: argparse.Namespace) -> Dict[str, object]:
+    """Train, predict the held-out images (the sparse dataset's: the pseudo-mask dataset has none) and score."""
     seconds = train(work, dataset_id, dataset, trainer, configuration, args.iterations, args.threads)
-    out = predict(work, dataset_id, dataset, trainer, configuration, work / "raw" / dataset / "imagesTs", args.threads)
+    out = predict(work, dataset_id, dataset, trainer, configuration, work / "raw" / SPARSE / "imagesTs", args.threads)
     return {"row": row, "dataset": dataset, "configuration": configuration, "trainer": trainer, "plans": "poiPlans",
             "scored_on": "labelsTs", "train_s": round(seconds, 1),
             **dice_scores(work / "raw" / SPARSE / "labelsTs", out, work / "evaluations" / row)}
