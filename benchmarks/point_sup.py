@@ -18,6 +18,7 @@ plane_<name>        the three 2D ``point_sup`` models of ``poi_pseudo_masks`` (o
 pseudo_mask         the fused, smoothed pseudo masks (training cases: scored on ``labelsTr_reference``)
 final               ``nnunet`` on the pseudo masks (held-out cases)
 no_<term>           ``point_sup_3d`` with one loss term removed (the ablation)
+unbalanced          ``point_sup_3d`` with each clicked voxel counted once in the point loss (asked for only)
 ==================  =====================================================================
 
 Also measured: the labelling cost (clicked voxels / all voxels, from ``poi_convert clicks``) and the
@@ -48,6 +49,7 @@ DENSE_ID, SPARSE_ID, PSEUDO_ID = 541, 542, 543
 DENSE, SPARSE = f"Dataset{DENSE_ID}_SpineDense", f"Dataset{SPARSE_ID}_SpineClicks"
 PER_EPOCH = 25
 ABLATION = ("point_sup_no_point", "point_sup_no_consistency", "point_sup_no_separation", "point_sup_no_extent")
+VARIANTS = ABLATION + ("point_sup_unbalanced",)  # rows beside the ablation, run only when asked for
 FIELDS = ["row", "dataset", "configuration", "trainer", "plans", "scored_on", "cases", "weighted_dice", "mean_dice",
           "foreground_dice", "train_s"]
 
@@ -222,8 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--clicks", type=int, default=5, help="clicks per vertebra (default 5)")
     parser.add_argument("--background-clicks", type=int, default=10, help="background clicks per case (default 10)")
     parser.add_argument("--click-radius-mm", type=float, default=4.0, help="click radius in mm (default 4)")
-    parser.add_argument("--ablation", nargs="+", default=list(ABLATION), choices=ABLATION, metavar="TRAINER",
-                        help="the ablation rows to run (default: all four terms removed once)")
+    parser.add_argument("--ablation", nargs="+", default=list(ABLATION), choices=VARIANTS, metavar="TRAINER",
+                        help="the ablation rows to run (default: all four terms removed once; "
+                             "point_sup_unbalanced: the point loss without class balancing)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="rows trained at once (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")

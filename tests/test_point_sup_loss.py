@@ -83,6 +83,23 @@ def test_point_loss_is_blind_to_ignored_voxels_and_weights_classes_by_inverse_cl
     assert float(point_cross_entropy(changed, target, IGNORE, weights)) == pytest.approx(float(value), rel=1e-6)
 
 
+def test_unbalanced_point_loss_counts_each_clicked_voxel_once():
+    target = torch.full((1, 1, 6), IGNORE)
+    target[0, 0, :3] = 0
+    target[0, 0, 3] = 1  # three background clicks, one of class 1
+    logits = torch.randn(1, 3, 6)
+    logp = torch.log_softmax(logits, 1)[0]
+    expected = -(logp[0, 0] + logp[0, 1] + logp[0, 2] + logp[1, 3]) / 4
+    loss = PointSupervisionLoss(3, IGNORE, {}, PointSupWeights(consistency=0.0, separation=0.0, extent=0.0,
+                                                               balance_click_classes=False), [1.0])
+    assert float(loss([logits], [target], _batch([1.0])).terms["point"]) == pytest.approx(float(expected), rel=1e-5)
+    balanced = PointSupervisionLoss(3, IGNORE, {}, PointSupWeights(consistency=0.0, separation=0.0, extent=0.0),
+                                    [1.0])
+    # balanced: the lone class-1 click weighs as much as the three background clicks together
+    expected_balanced = -(logp[0, :3].sum() / 3 + logp[1, 3]) / 2
+    assert float(balanced([logits], [target], _batch([1.0])).terms["point"]) == \
+        pytest.approx(float(expected_balanced), rel=1e-5)
+
 def test_point_loss_without_clicks_is_zero_and_finite():
     logits = torch.randn(1, 3, 4, requires_grad=True)
     value = point_cross_entropy(logits, torch.full((1, 1, 4), IGNORE), IGNORE, torch.ones(3))

@@ -7,7 +7,7 @@ as nnU-Net's loaders give them.
 * **Point loss** ``L_P``: cross-entropy on the clicked voxels only (``ignore_index`` = the ignore
   label). Classes are weighted by the inverse of their clicked-voxel count in the batch, so each class
   present counts equally (a background click and a small structure's click weigh what the seed's
-  class-weighted cross-entropy gives them). Summed over nnU-Net's deep-supervision outputs with its
+  class-weighted cross-entropy gives them); ``balance_click_classes=False`` counts each clicked voxel once. Summed over nnU-Net's deep-supervision outputs with its
   weights (the sparse target is downsampled by nnU-Net's own transform).
 * **Rotation consistency** ``L_C`` (Eq. 1): the softmax output of the transformed input equals the
   transformed softmax output. Measured as half the L1 distance summed over classes (the total-variation
@@ -52,6 +52,9 @@ class PointSupWeights:
     consistency: float = 1.0
     separation: float = 0.1
     extent: float = 1.0
+    # the point loss weighs each clicked class equally (the seed's class weighting); False: each clicked
+    # voxel once, as nnU-Net's cross-entropy on sparse labels does (background clicks then weigh more)
+    balance_click_classes: bool = True
 
 
 @dataclass
@@ -80,9 +83,10 @@ def click_class_weights(target: Tensor, num_classes: int, ignore_label: int) -> 
     return weights
 
 
-def point_cross_entropy(logits: Tensor, target: Tensor, ignore_label: int, class_weights: Tensor) -> Tensor:
-    """Weighted cross-entropy over the clicked voxels of ``target`` ((B, 1, *spatial) or (B, *spatial));
-    0 (with a gradient path) where nothing is clicked."""
+def point_cross_entropy(logits: Tensor, target: Tensor, ignore_label: int,
+                        class_weights: Optional[Tensor]) -> Tensor:
+    """Cross-entropy over the clicked voxels of ``target`` ((B, 1, *spatial) or (B, *spatial)), weighted per
+    class by ``class_weights`` (None: unweighted); 0 (with a gradient path) where nothing is clicked."""
     labels = target[:, 0] if target.ndim == logits.ndim else target
     labels = labels.long()
     if not bool((labels != ignore_label).any()):
@@ -158,7 +162,8 @@ class PointSupervisionLoss(nn.Module):
         outputs = output.outputs if isinstance(output.outputs, (list, tuple)) else [output.outputs]
         targets = target if isinstance(target, (list, tuple)) else [target]
         full_target = targets[0]
-        class_weights = click_class_weights(full_target, self.num_classes, self.ignore_label)
+        class_weights = click_class_weights(full_target, self.num_classes, self.ignore_label) \
+            if self.weights.balance_click_classes else None
         ds = self.deep_supervision_weights or [1.0] + [0.0] * (len(outputs) - 1)
         point = sum(w * point_cross_entropy(o, t, self.ignore_label, class_weights)
                     for w, o, t in zip(ds, outputs, targets) if w)
