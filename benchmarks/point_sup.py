@@ -154,12 +154,14 @@ def pseudo_mask_rows(work: Path, args: argparse.Namespace) -> List[Dict[str, obj
     env = environment(work, args.threads)
     env["nnUNet_n_proc_DA"] = "0"
     pseudo = f"Dataset{PSEUDO_ID}_SpineClicksPseudoMasks"
-    start = time.perf_counter()
+    timing = work / "pseudo_masks_seconds.json"  # a resumed run reports the seconds of the run that made it
     if not (work / "raw" / pseudo / "dataset.json").is_file():
+        start = time.perf_counter()
         run(["poi_pseudo_masks", "-d", str(SPARSE_ID), "--output-id", str(PSEUDO_ID), "-device", "cpu",
              "--epochs", str(max(1, args.iterations // PER_EPOCH)), "--iterations_per_epoch", str(PER_EPOCH),
              "-np", "2", "-npfp", "2", "--no_pbar"], env, work / "logs" / "pseudo_masks.log")
-    seconds = time.perf_counter() - start
+        timing.write_text(json.dumps({"seconds": time.perf_counter() - start}))
+    seconds = float(json.loads(timing.read_text())["seconds"]) if timing.is_file() else math.nan
     rows: List[Dict[str, object]] = []
     for plane in dataset_planes(RawDataset.open(work / "raw" / SPARSE)):
         out = predict(work, SPARSE_ID, SPARSE, "point_sup", PLANE_CONFIGURATION, work / "raw" / SPARSE / "imagesTs",
