@@ -28,7 +28,7 @@ def stage_predict(ds: RawDataset, planes: Sequence[Plane], cases: Sequence[str],
     """Write every missing ``probabilities/<plane>/<case>.npz``; True if any was written."""
     ran = False
     for p in planes:
-        _forget_other_models_probabilities(ds, p, work, options)
+        _drop_stale_probabilities(ds, p, work, options)
         todo = [c for c in cases if not probabilities_file(work, p, c).is_file()]
         if not todo:
             say("predict", f"skipped {p.name}: all {len(cases)} case(s) in {work / 'probabilities' / p.name}")
@@ -54,22 +54,24 @@ def _model_stamp(ds: RawDataset, plane: Plane, options: PseudoMaskOptions) -> Di
             "use_mirroring": bool(options.use_mirroring)}
 
 
-def _forget_other_models_probabilities(ds: RawDataset, plane: Plane, work: Path, options: PseudoMaskOptions) -> None:
+def _drop_stale_probabilities(ds: RawDataset, plane: Plane, work: Path, options: PseudoMaskOptions) -> None:
     """A retrained plane model (its checkpoint deleted and made again) makes its probabilities and every fused mask
     stale: delete them, then record the model the next probabilities come from (``probabilities/<plane>/model.json``).
     Probabilities without a record (an older run) are kept and the model recorded."""
     folder = work / "probabilities" / plane.name
     record = folder / "model.json"
     stamp = _model_stamp(ds, plane, options)
-    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != stamp:
+    recorded = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    if recorded == stamp:
+        return
+    if recorded is not None:
         say("predict", f"{plane.name}: the model changed since {folder} was predicted; predicting again, and "
             f"fusing again")
         shutil.rmtree(folder)
         if (work / "fused").is_dir():
             shutil.rmtree(work / "fused")
     folder.mkdir(parents=True, exist_ok=True)
-    if not record.is_file() or json.loads(record.read_text(encoding="utf-8")) != stamp:
-        atomic_write_text(record, json.dumps(stamp, indent=1) + "\n")
+    atomic_write_text(record, json.dumps(stamp, indent=1) + "\n")
 
 
 def _plane_predictor(ds: RawDataset, plane: Plane, options: PseudoMaskOptions):
