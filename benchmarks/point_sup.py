@@ -8,7 +8,8 @@ inverse-frequency-weighted Dice (seed 002, Eq. 5), the plain mean Dice over vert
 Dice (any vertebra against background, computed here with SimpleITK's arrays, not by ``poi_evaluate``). The
 phantom's vertebrae are a run of 3-4 of eight levels (T10-L5) at a random height, so a short run can outline
 them well and still name them wrongly: the per-vertebra Dice then mixes identity with outline, and the
-foreground Dice tells the outline alone.
+foreground Dice tells the outline alone; ``volume_ratio`` (predicted over true foreground voxels) tells
+over- from under-segmentation.
 
 ==================  =====================================================================
 reference           ``nnunet`` on the dense labels
@@ -51,7 +52,7 @@ PER_EPOCH = 25
 ABLATION = ("point_sup_no_point", "point_sup_no_consistency", "point_sup_no_separation", "point_sup_no_extent")
 VARIANTS = ABLATION + ("point_sup_unbalanced",)  # rows beside the ablation, run only when asked for
 FIELDS = ["row", "dataset", "configuration", "trainer", "plans", "scored_on", "cases", "weighted_dice", "mean_dice",
-          "foreground_dice", "train_s"]
+          "foreground_dice", "volume_ratio", "train_s"]
 
 
 def prepare(work: Path, args: argparse.Namespace) -> Dict[str, object]:
@@ -119,20 +120,22 @@ def dice_scores(reference: Path, prediction: Path, out: Path) -> Dict[str, float
 
     seg = evaluate_folders(reference, prediction, out)["segmentation"]
     return {"cases": seg["n_cases"], "weighted_dice": seg["inverse_frequency_weighted_dice"]["mean"],
-            "mean_dice": seg["mean_dice"]["mean"], "foreground_dice": foreground_dice(reference, prediction)}
+            "mean_dice": seg["mean_dice"]["mean"], **foreground_scores(reference, prediction)}
 
 
-def foreground_dice(reference: Path, prediction: Path) -> float:
-    """Mean over the reference's cases of the Dice of ``label > 0`` (every structure as one)."""
+def foreground_scores(reference: Path, prediction: Path) -> Dict[str, float]:
+    """Means over the reference's cases of the Dice of ``label > 0`` (every structure as one) and of the
+    predicted over the true foreground volume (above 1: over-segmentation)."""
     import numpy as np
     import SimpleITK as sitk
 
-    values = []
+    dices, volumes = [], []
     for ref_file in sorted(reference.glob("*.nii.gz")):
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_file))) > 0
         predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction / ref_file.name))) > 0
-        values.append(2.0 * float((truth & predicted).sum()) / max(1, int(truth.sum() + predicted.sum())))
-    return float(np.mean(values))
+        dices.append(2.0 * float((truth & predicted).sum()) / max(1, int(truth.sum() + predicted.sum())))
+        volumes.append(float(predicted.sum()) / max(1, int(truth.sum())))
+    return {"foreground_dice": float(np.mean(dices)), "volume_ratio": float(np.mean(volumes))}
 
 
 def supervised_row(work: Path, row: str, dataset_id: int, dataset: str, trainer: str, configuration: str,
@@ -261,10 +264,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     print(f"labelling cost: {annotation.get('annotated_fraction', float('nan')):.4%} of voxels clicked "
           f"({args.clicks} per vertebra, {args.background_clicks} background, radius {args.click_radius_mm} mm)")
-    print(f"{'row':<18} {'scored on':<19} {'cases':>5} {'w. Dice':>8} {'Dice':>7} {'fg Dice':>8} {'train s':>8}")
+    print(f"{'row':<18} {'scored on':<19} {'cases':>5} {'w. Dice':>8} {'Dice':>7} {'fg Dice':>8} {'volume':>7} "
+          f"{'train s':>8}")
     for r in rows:
         print(f"{r['row']:<18} {r['scored_on']:<19} {r['cases']:>5} {r['weighted_dice']:8.3f} {r['mean_dice']:7.3f} "
-              f"{r['foreground_dice']:8.3f} {r['train_s']:8.1f}")
+              f"{r['foreground_dice']:8.3f} {r['volume_ratio']:7.2f} {r['train_s']:8.1f}")
     if cost:
         print(f"step seconds: point_sup {cost['point_sup']:.2f}, without consistency "
               f"{cost['point_sup_no_consistency']:.2f} ({cost['point_sup'] / cost['point_sup_no_consistency']:.2f}x)")
