@@ -146,62 +146,103 @@ def held_out_keys(raw_dataset: Path) -> set:
 
 
 # ---------------------------------------------------------------- training
-def train_timed(dataset: str, trainer_name: str, iterations: int, threads: int, stats: str) -> None:
-    """(In a child process) train ``iterations`` iterations; write step times and peak RSS to ``stats``."""
+@dataclass(frozen=True)
+class RunSettings:
+    """How trainings and predictions run: CPU runs use one thread and in-process augmentation; a GPU run
+    (``--device cuda``) takes nnU-Net's augmentation workers and its 250-iteration epochs."""
+
+    threads: int = 1
+    device: str = "cpu"
+    per_epoch: int = PER_EPOCH
+    da_workers: int = 0  # nnUNet_n_proc_DA of the training processes
+    train_seconds: Optional[float] = None  # stop a training at the first epoch end past this (None: never)
+
+
+class _TimeUp(Exception):
+    """Raised at an epoch end once a training has run past ``RunSettings.train_seconds``."""
+
+
+def train_timed(dataset: str, trainer_name: str, iterations: int, settings: RunSettings, stats: str) -> None:
+    """(In a child process) train ``iterations`` iterations; write step times and peak memory to ``stats``.
+
+    With ``settings.train_seconds`` the run ends at the first epoch end past that time and saves its final
+    checkpoint there (``stopped_early``; the poly learning rate has then not decayed to its end).
+    """
     import torch
 
     from poi_nnunet.trainer_factory import build_trainer, run_fold
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
     np.random.seed(0)
-    trainer = build_trainer(dataset, CONFIGURATION, trainer_name, "all", "poiPlans", device="cpu",
-                            epochs=max(1, iterations // PER_EPOCH), iterations_per_epoch=min(PER_EPOCH, iterations))
+    per_epoch = min(settings.per_epoch, iterations)
+    trainer = build_trainer(dataset, CONFIGURATION, trainer_name, "all", "poiPlans", device=settings.device,
+                            epochs=max(1, iterations // per_epoch), iterations_per_epoch=per_epoch)
     steps: List[float] = []
     base_step = trainer.train_step
+    cuda = settings.device == "cuda"
 
     def timed_step(batch: dict) -> dict:
         start = time.perf_counter()
         out = base_step(batch)
+        if cuda:
+            torch.cuda.synchronize()
         steps.append(time.perf_counter() - start)
         return out
 
     trainer.train_step = timed_step
     start = time.perf_counter()
-    run_fold(trainer, validate=False)
+    if settings.train_seconds is not None:
+        base_epoch_end = trainer.on_epoch_end
+
+        def on_epoch_end() -> None:
+            base_epoch_end()
+            if time.perf_counter() - start > settings.train_seconds and trainer.current_epoch < trainer.num_epochs:
+                raise _TimeUp
+
+        trainer.on_epoch_end = on_epoch_end
+    stopped_early = False
+    try:
+        run_fold(trainer, validate=False)
+    except _TimeUp:
+        stopped_early = True
+        trainer.on_train_end()  # nnU-Net's own end: checkpoint_final.pth, loaders shut down
     wall = time.perf_counter() - start
-    done = trainer.num_epochs * trainer.num_iterations_per_epoch
+    done = len(steps)
     Path(stats).write_text(json.dumps({
-        "iterations": done, "train_s": wall, "iteration_s": wall / done, "step_s": float(np.median(steps)),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "iterations": done, "planned_iterations": trainer.num_epochs * trainer.num_iterations_per_epoch,
+        "stopped_early": stopped_early, "device": settings.device, "train_s": wall, "iteration_s": wall / done,
+        "step_s": float(np.median(steps)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else float("nan")}))
 
 
-def train(work: Path, phantom: Phantom, trainer: str, iterations: int, threads: int) -> Dict[str, float]:
+def train(work: Path, phantom: Phantom, trainer: str, iterations: int, settings: RunSettings) -> Dict[str, float]:
     """Train (unless done) and return the run's ``train_stats.json``."""
     folder = model_folder(work, phantom, trainer)
     stats = folder / "train_stats.json"
     if not ((folder / "checkpoint_final.pth").is_file() and stats.is_file()):
-        env = environment(work, threads)
-        env["nnUNet_n_proc_DA"] = "0"
+        env = environment(work, settings.threads)
+        env["nnUNet_n_proc_DA"] = str(settings.da_workers)
         folder.mkdir(parents=True, exist_ok=True)
-        code = ("import sys; sys.argv=['x']; from benchmarks.uv_vs_heatmap import train_timed as t; "
-                f"t({phantom.dataset!r}, {trainer!r}, {iterations}, {threads}, {str(stats)!r})")
+        code = ("import sys; sys.argv=['x']; from benchmarks.uv_vs_heatmap import train_timed as t, RunSettings; "
+                f"t({phantom.dataset!r}, {trainer!r}, {iterations}, {settings!r}, {str(stats)!r})")
         run([sys.executable, "-c", code], env, work / "logs" / f"{phantom.dataset}_{trainer}_train.log")
     return json.loads(stats.read_text())
 
 
 # ---------------------------------------------------------------- prediction and scores
-def predict(work: Path, phantom: Phantom, trainer: str, threads: int, add_points: Optional[Path] = None) -> Path:
+def predict(work: Path, phantom: Phantom, trainer: str, settings: RunSettings,
+            add_points: Optional[Path] = None) -> Path:
     """``poi_predict`` of the phantom's test images, every point written (``--min_confidence 0``)."""
     out = work / "predictions" / phantom.dataset / trainer
     if (out / "done").is_file():
         return out
     command = ["poi_predict", "-i", str(work / "raw" / phantom.dataset / "imagesTs"), "-o", str(out),
-               "-d", str(phantom.dataset_id), "-c", CONFIGURATION, "-tr", trainer, "-f", "all", "-device", "cpu",
+               "-d", str(phantom.dataset_id), "-c", CONFIGURATION, "-tr", trainer, "-f", "all", "-device", settings.device,
                "--min_confidence", "0", "--overwrite", "--no_pbar"]
     if add_points is not None:
         command += ["--add-points", str(add_points)]
-    run(command, environment(work, threads), work / "logs" / f"{phantom.dataset}_{trainer}_predict.log")
+    run(command, environment(work, settings.threads), work / "logs" / f"{phantom.dataset}_{trainer}_predict.log")
     (out / "done").write_text("")
     return out
 
@@ -237,9 +278,10 @@ def subset_errors(work: Path, phantom: Phantom, prediction: Path, keys: Optional
             "p95_mm": float(np.percentile(e, 95)) if len(e) else nan}
 
 
-def side_by_side_row(work: Path, phantom: Phantom, trainer: str, iterations: int, threads: int) -> Dict[str, object]:
-    stats = train(work, phantom, trainer, iterations, threads)
-    prediction = predict(work, phantom, trainer, threads)
+def side_by_side_row(work: Path, phantom: Phantom, trainer: str, iterations: int,
+                     settings: RunSettings) -> Dict[str, object]:
+    stats = train(work, phantom, trainer, iterations, settings)
+    prediction = predict(work, phantom, trainer, settings)
     every = _point_errors(work, phantom, prediction, 0.0)
     confident = _point_errors(work, phantom, prediction, 0.1)
     return {"phantom": phantom.key, "trainer": trainer, "iterations": stats["iterations"],
@@ -247,7 +289,8 @@ def side_by_side_row(work: Path, phantom: Phantom, trainer: str, iterations: int
             "mean_mm": every["mean_mm"], "median_mm": every["median_mm"], "p95_mm": every["p95_mm"],
             "found_all": every["found"], "found_0.1": confident["found"], **segmentation_scores(work, phantom, prediction),
             "step_s": stats["step_s"], "iteration_s": stats["iteration_s"], "train_s": stats["train_s"],
-            "peak_rss_mb": stats["peak_rss_mb"]}
+            "peak_rss_mb": stats["peak_rss_mb"], "peak_gpu_mb": stats.get("peak_gpu_mb", float("nan")),
+            "device": stats.get("device", "cpu"), "stopped_early": stats.get("stopped_early", False)}
 
 
 def structure_keys(work: Path, phantom: Phantom) -> set:
@@ -301,15 +344,15 @@ def added_points_file(work: Path, phantom: Phantom, held: set) -> Tuple[Path, in
     return path, len(kept), len(refused), refused
 
 
-def added_points_row(work: Path, phantom: Phantom, iterations: int, threads: int) -> Dict[str, object]:
+def added_points_row(work: Path, phantom: Phantom, iterations: int, settings: RunSettings) -> Dict[str, object]:
     from poi_nnunet.pois import read_poi_file
 
-    stats = train(work, phantom, "uv", iterations, threads)
+    stats = train(work, phantom, "uv", iterations, settings)
     held = {tuple(k) for k in json.loads((work / "raw" / phantom.dataset / "held_out.json").read_text())}
     points, n_added, n_refused, refused = added_points_file(work, phantom, held)
     if refused:
         (points.parent / "refused.txt").write_text("\n".join(refused) + "\n")
-    prediction = predict(work, phantom, "uv", threads, add_points=points)
+    prediction = predict(work, phantom, "uv", settings, add_points=points)
     trained = structure_keys(work, phantom) - held
     added_keys = {(int(p.structure), int(p.poi)) for p in read_poi_file(points)}
     t, a = subset_errors(work, phantom, prediction, trained), subset_errors(work, phantom, prediction, added_keys)
@@ -353,8 +396,9 @@ def restricted_templates(uv_block: dict, kept: set) -> dict:
     return out
 
 
-def scaling_one(work: Path, dataset: str, trainer: str, n: int, steps: int, threads: int) -> dict:
-    """(In a child process) a few timed steps of ``trainer`` with ``n`` landmarks."""
+def scaling_one(work: Path, dataset: str, trainer: str, n: int, steps: int, threads: int,
+                device: str = "cpu") -> dict:
+    """(In a child process) a few timed steps of ``trainer`` with ``n`` landmarks on ``device``."""
     import os
     import tempfile
 
@@ -368,15 +412,17 @@ def scaling_one(work: Path, dataset: str, trainer: str, n: int, steps: int, thre
     plans, dataset_json = scaled_plans(work / "preprocessed" / dataset, trainer, n)
     torch.manual_seed(0)
     t = trainer_class(trainer)(plans=plans, configuration=CONFIGURATION, fold="all", dataset_json=dataset_json,
-                               device=torch.device("cpu"))
-    row = timed_steps(t, steps, "cpu")
+                               device=torch.device(device))
+    row = timed_steps(t, steps, device)
     shutil.rmtree(os.environ["nnUNet_results"], ignore_errors=True)
-    return {**row, "trainer": trainer, "landmarks": n, "channels": len(plans["configurations"][CONFIGURATION]
+    return {**row, "trainer": trainer, "device": device, "landmarks": n, "channels": len(plans["configurations"][CONFIGURATION]
                                                                         ["poi"]["poi_channels"])}
 
 
-def scaling_row(work: Path, phantom: Phantom, trainer: str, n: int, steps: int, threads: int) -> dict:
-    cache = work / "scaling" / f"{phantom.dataset}_{trainer}_{n}_{steps}.json"
+def scaling_row(work: Path, phantom: Phantom, trainer: str, n: int, steps: int, threads: int,
+                device: str = "cpu") -> dict:
+    suffix = "" if device == "cpu" else f"_{device}"
+    cache = work / "scaling" / f"{phantom.dataset}_{trainer}_{n}_{steps}{suffix}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     env = environment(work, threads)
@@ -384,7 +430,7 @@ def scaling_row(work: Path, phantom: Phantom, trainer: str, n: int, steps: int, 
     code = ("import sys, json; sys.argv=['x']; from pathlib import Path; "
             "from benchmarks.uv_vs_heatmap import scaling_one as s; "
             f"print('RESULT ' + json.dumps(s(Path({str(work)!r}), {phantom.dataset!r}, {trainer!r}, {n}, {steps}, "
-            f"{threads})))")
+            f"{threads}, {device!r})))")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
@@ -442,8 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--phantoms", nargs="+", default=["xray", "wrist"], choices=("xray", "wrist"))
     parser.add_argument("--iterations", nargs="+", default=["400"], metavar="[PHANTOM=]N",
-                        help=f"training iterations, for every phantom or per phantom (xray=500 wrist=100); "
-                        f"multiples of {PER_EPOCH}")
+                        help="training iterations, for every phantom or per phantom (xray=500 wrist=100); "
+                        "multiples of --per-epoch")
     parser.add_argument("--cases", type=int, default=24, help="training cases per phantom (default 24)")
     parser.add_argument("--test-cases", type=int, default=6, help="held-out test cases (default 6)")
     parser.add_argument("--shape", type=int, nargs=2, default=[128, 128], help="image rows, columns (default 128 128)")
@@ -455,26 +501,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=("side", "added", "scaling"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where trainings, predictions and the scaling scan run (default cpu)")
+    parser.add_argument("--per-epoch", type=int, default=PER_EPOCH,
+                        help=f"iterations per epoch (default {PER_EPOCH}; nnU-Net's own is 250)")
+    parser.add_argument("--da-workers", type=int, default=0,
+                        help="nnUNet_n_proc_DA of the trainings (default 0: augmentation in the training process)")
+    parser.add_argument("--train-seconds", type=float, default=None,
+                        help="end a training at the first epoch end past this many seconds (a time cap)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     work = args.work.resolve()
     iterations = parse_iterations(args.iterations, args.phantoms)
+    settings = RunSettings(args.threads, args.device, args.per_epoch, args.da_workers, args.train_seconds)
     table = phantoms(args.cases, args.test_cases, tuple(args.shape))
     for key in args.phantoms:
         prepare(work, table[key], args.seed)
         if "added" not in args.skip and not args.probe:
             prepare(work, table[f"{key}_holdout"], args.seed)
     if args.probe:
-        rows = [scaling_row(work, table[k], t, len(structure_keys(work, table[k])), args.scaling_steps, args.threads)
-                for k in args.phantoms for t in TRAINERS]
+        rows = [scaling_row(work, table[k], t, len(structure_keys(work, table[k])), args.scaling_steps, args.threads,
+                            args.device) for k in args.phantoms for t in TRAINERS]
         write_csv(work / "uv_probe.csv", rows)
         return 0
     tasks: List[Tuple[str, Callable[[], Dict[str, object]]]] = []
     if "added" not in args.skip:
-        tasks += [("added", lambda k=k: added_points_row(work, table[f"{k}_holdout"], iterations[k], args.threads))
+        tasks += [("added", lambda k=k: added_points_row(work, table[f"{k}_holdout"], iterations[k], settings))
                   for k in args.phantoms]
     if "side" not in args.skip:
-        tasks += [("side", lambda k=k, t=t: side_by_side_row(work, table[k], t, iterations[k], args.threads))
+        tasks += [("side", lambda k=k, t=t: side_by_side_row(work, table[k], t, iterations[k], settings))
                   for k, t in ordered_runs(args.phantoms, iterations)]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = [r for r in pool.map(guarded, tasks) if r is not None]
@@ -483,7 +538,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.scaling and "scaling" not in args.skip:
         wrist = table["wrist"]
         prepare(work, wrist, args.seed)
-        rows = [scaling_row(work, wrist, t, n, args.scaling_steps, args.threads) for n in args.scaling for t in TRAINERS]
+        rows = [scaling_row(work, wrist, t, n, args.scaling_steps, args.threads, args.device)
+                for n in args.scaling for t in TRAINERS]
         write_csv(work / "uv_landmark_scaling.csv", rows)
     return 0
 
