@@ -11,7 +11,7 @@ from typing import Dict, Tuple
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy.spatial import Delaunay
+from scipy.spatial import ConvexHull, Delaunay
 
 from poi_nnunet.cli.plan_and_preprocess import main
 from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
@@ -22,6 +22,7 @@ from poi_nnunet.preprocessing.preprocessor import preprocessed_uv_map
 from poi_nnunet.preprocessing.uv_files import load_uv_map, preprocessed_uv_file
 from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 from poi_nnunet.uv import UvTemplate, UvTemplates, uv_target_map
+from poi_nnunet.uv.targets import structure_uv
 
 TEMPLATE_2D = np.array([[0.0, 0.0], [30.0, -4.0], [34.0, 22.0], [6.0, 28.0], [16.0, 12.0], [24.0, 5.0]])
 TEMPLATE_3D = np.array([[0.0, 0.0, 0.0], [22.0, -3.0, 2.0], [4.0, 20.0, -2.0], [2.0, 3.0, 18.0],
@@ -99,6 +100,42 @@ def test_an_affine_warped_case_maps_to_the_inverse_affine_inside_the_hull_and_na
     np.testing.assert_allclose(got[inside & structure], expected[inside & structure], atol=1e-5)
     assert np.isnan(got[outside]).all()
     assert np.isnan(uv[(slice(None),) + hole]).all() and np.isnan(uv[(slice(None),) + (0,) * dim]).all()
+
+
+def _outside_facets(case_mm: np.ndarray, distance: float) -> np.ndarray:
+    """``(F, D)``: the centroid of each hull facet of ``case_mm`` pushed ``distance`` mm out along its normal
+    (scipy's ConvexHull: ``normal . x + offset <= 0`` inside, normals outward)."""
+    hull = ConvexHull(case_mm)
+    centres = case_mm[hull.simplices].mean(1)
+    return centres + distance * hull.equations[:, :-1]
+
+
+@pytest.mark.parametrize("template_points", [TEMPLATE_2D, TEMPLATE_3D], ids=["2d", "3d"])
+def test_hull_margin_extends_the_map_just_outside_the_pois_and_no_further(template_points) -> None:
+    """``--add-points`` reads a point's uv with a margin around the POIs' hull. (a) The case is the template
+    turned, scaled by 1.3 and shifted: no residual displacement, so a position 0.3 mm outside any hull
+    facet has the template uv of the inverse similarity, by hand, with a 1 mm margin; without a margin it
+    is NaN, and 3 mm out it stays NaN. (b) An affine case: just outside the hull (1e-4 mm) the value
+    continues the inside one, the inverse affine."""
+    dim = template_points.shape[1]
+    rng = np.random.default_rng(4)
+    turn, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+    turn[:, 0] *= np.sign(np.linalg.det(turn))  # a rotation, no reflection, in 2D as in 3D
+    case_mm = 1.3 * template_points @ turn.T + 20.0
+    template = _templates(template_points).templates[0]
+    near, far = _outside_facets(case_mm, 0.3), _outside_facets(case_mm, 3.0)
+    by_hand = _by_hand_uv(template_points, ((near - 20.0) / 1.3) @ turn)
+    np.testing.assert_allclose(structure_uv(near, case_mm, template_points, template, hull_margin_mm=1.0),
+                               by_hand, atol=1e-6)
+    assert np.isnan(structure_uv(near, case_mm, template_points, template)).all()
+    assert np.isnan(structure_uv(far, case_mm, template_points, template, hull_margin_mm=1.0)).all()
+
+    a, b = _affine(dim)
+    affine_mm = template_points @ a.T + b
+    edge = _outside_facets(affine_mm, 1e-4)
+    expected = _by_hand_uv(template_points, np.linalg.solve(a, (edge - b).T).T)
+    np.testing.assert_allclose(structure_uv(edge, affine_mm, template_points, template, hull_margin_mm=1.0),
+                               expected, atol=1e-4)
 
 
 def test_two_structures_share_one_map_each_with_its_own_template() -> None:

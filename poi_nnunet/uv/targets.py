@@ -73,10 +73,17 @@ def uv_target_map(labels: np.ndarray, points: Mapping[PointKey, Sequence[float]]
 
 
 def structure_uv(voxels_mm: np.ndarray, case_mm: np.ndarray, target_mm: np.ndarray,
-                 template: UvTemplate) -> np.ndarray:
+                 template: UvTemplate, hull_margin_mm: float = 0.0) -> np.ndarray:
     """``(M, D)`` uv of positions ``voxels_mm`` ``(M, D)`` of one structure whose POIs lie at ``case_mm``
     ``(P, D)`` and are ``target_mm`` ``(P, D)`` in ``template`` (NaN outside the POIs' hull, and all NaN
-    where they span fewer than ``D`` axes)."""
+    where they span fewer than ``D`` axes).
+
+    ``hull_margin_mm > 0`` (case mm) also gives a value to positions outside the hull by at most that
+    much: the residual displacement is read where the segment from the position to the POIs' centroid
+    enters the hull (:func:`hull_entry`), so the value continues the one inside. The target maps keep
+    the margin at 0; ``--add-points`` uses it, because a point added on a convex outline between two
+    contour POIs lies just outside their chord.
+    """
     dim = case_mm.shape[1]
     centred = case_mm - case_mm.mean(0)
     singular = np.linalg.svd(centred, compute_uv=False)
@@ -85,11 +92,34 @@ def structure_uv(voxels_mm: np.ndarray, case_mm: np.ndarray, target_mm: np.ndarr
     similarity = similarity_fit(case_mm, target_mm)
     mapped = similarity.apply(case_mm)
     try:
-        displacement = LinearNDInterpolator(Delaunay(mapped), target_mm - mapped)
+        hull = Delaunay(mapped)
     except QhullError:  # numerically flat despite the rank test
         return np.full(voxels_mm.shape, np.nan)
+    displacement = LinearNDInterpolator(hull, target_mm - mapped)
     y = similarity.apply(voxels_mm)
-    return template.to_uv(y + displacement(y))
+    d = displacement(y)
+    outside = ~np.isfinite(d).all(1)
+    if hull_margin_mm > 0 and outside.any():
+        entry = hull_entry(y[outside], hull, mapped.mean(0))
+        near = np.linalg.norm(y[outside] - entry, axis=1) <= hull_margin_mm * similarity.scale
+        rows = np.flatnonzero(outside)[near]
+        d[rows] = displacement(entry[near])
+    return template.to_uv(y + d)
+
+
+def hull_entry(points: np.ndarray, hull: Delaunay, centre: np.ndarray, steps: int = 40) -> np.ndarray:
+    """``(M, D)``: for each of ``points`` ``(M, D)`` outside the convex ``hull``, a position on the segment
+    to ``centre`` (inside the hull) within ``2^-steps`` of the segment's length of where it enters the
+    hull, on the inside (bisection: the hull is convex, so the segment crosses its boundary once)."""
+    points = np.asarray(points, dtype=np.float64)
+    lo = np.zeros(len(points))  # fraction of the way to the centre: outside at lo, inside at hi
+    hi = np.ones(len(points))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        inside = hull.find_simplex(points + (centre - points) * mid[:, None]) >= 0
+        hi = np.where(inside, mid, hi)
+        lo = np.where(inside, lo, mid)
+    return points + (centre - points) * hi[:, None]
 
 
 def _structure_voxels(labels: np.ndarray, structure: int, box: Tuple[slice, ...], case_voxels: np.ndarray) -> np.ndarray:
