@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from poi_nnunet.cli.evaluate import main
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.evaluation import evaluate_folders
+from poi_nnunet.evaluation.report import format_table
 from poi_nnunet.pois import Poi, PoiSet, write_poi_file
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -74,12 +75,20 @@ def test_raw_split_reference_against_flat_prediction(tmp_path: Path) -> None:
     assert overall["tre_mm"]["max"] == pytest.approx(5.0)
     assert overall["success_rate"] == pytest.approx({"2": 3 / 8, "2.5": 3 / 8, "3": 4 / 8, "4": 4 / 8})
     assert overall["identification_rate"] == pytest.approx(5 / 8)
+    # in voxels of the reference masks (spacing 2, 1, 1 mm): a's errors are 0.5, 2, 3 and |(1.5, 4)| = 4.27
+    # voxels, b's 0; of 8 reference points 2 lie within one voxel, 3 within two
+    assert overall["success_rate_voxels"] == pytest.approx({"1": 2 / 8, "2": 3 / 8})
 
     per_poi = summary["points"]["per_poi"]
     assert per_poi["1"]["name"] == "tip" and per_poi["3"]["name"] is None
     assert (per_poi["1"]["n_ref"], per_poi["1"]["n_matched"]) == (4, 3)  # a/1, a/2-structure, b; c missing
     assert per_poi["1"]["tre_mm"]["mean"] == pytest.approx(4 / 3)
     assert summary["points"]["per_structure"]["2"]["tre_mm"]["mean"] == pytest.approx(4.0)
+    # structures are named by dataset.json's labels; structure 2 has no label name there
+    assert summary["points"]["per_structure"]["1"]["name"] == "bone"
+    assert summary["points"]["per_structure"]["2"]["name"] is None
+    per_structure_table = format_table(summary, max_poi_rows=1)
+    assert any(line.split()[:2] == ["1", "bone"] for line in per_structure_table.splitlines())
     assert summary["points"]["per_case"]["c"]["n_missing"] == 2
     assert math.isnan(summary["points"]["per_case"]["c"]["tre_mm"]["mean"])
 
@@ -123,6 +132,7 @@ def test_cli_on_2d_landmark_only_folders(tmp_path: Path, capsys: pytest.CaptureF
     summary = json.loads((out / "summary.json").read_text())
     assert summary["points"]["overall"]["tre_mm"]["mean"] == pytest.approx(3.5)
     assert summary["points"]["overall"]["success_rate"] == pytest.approx({"2": 0, "2.5": 0.5, "3": 0.5, "4": 0.5})
+    assert summary["points"]["overall"]["success_rate_voxels"] is None  # no reference image to measure voxels in
     assert summary["segmentation"]["n_cases"] == 0 and summary["segmentation"]["mean_dice"]["mean"] is None
     rows = list(csv.DictReader(open(out / "points.csv", newline="")))
     assert len(rows) == 4 and all(r["ref_z"] == "" and r["pred_z"] == "" for r in rows)

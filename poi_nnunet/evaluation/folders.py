@@ -60,6 +60,7 @@ class EvaluationFolder:
     mask_ending: str
     meta: Dict[str, Any] = field(default_factory=dict)
     mask_files: Dict[str, Path] = field(default_factory=dict)
+    image_dir: Optional[Path] = None  # a raw split's imagesTr/imagesTs, beside its poisTr/poisTs
 
     @property
     def cases(self) -> List[str]:
@@ -83,6 +84,17 @@ class EvaluationFolder:
 
     def mask_file(self, case: str) -> Optional[Path]:
         return self.mask_files.get(case)
+
+    def grid_file(self, case: str) -> Optional[Path]:
+        """The image whose voxels measure this case's point errors: its mask, else (raw split) its first
+        image channel; None where neither exists."""
+        if case in self.mask_files:
+            return self.mask_files[case]
+        if self.image_dir is not None:
+            image = self.image_dir / f"{case}_0000{self.mask_ending}"
+            if image.is_file():
+                return image
+        return None
 
     def describe_masks(self) -> str:
         """Where this side's masks are looked for, e.g. ``<case>.nii.gz in .../labelsTs``."""
@@ -119,9 +131,11 @@ def open_folder(path: PathLike, role: str) -> EvaluationFolder:
     if split and in_raw_dataset:
         ds = RawDataset.open(path.parent)
         mask_dir, ending, meta = path.parent / f"labels{split.group(1)}", ds.file_ending, ds.meta
+        image_dir: Optional[Path] = path.parent / f"images{split.group(1)}"
     elif masks_only:
         ds = RawDataset.open(path.parent)
         mask_dir, ending, meta = path, ds.file_ending, ds.meta
+        image_dir = None
     else:
         if (path / "dataset.json").is_file() and (path / "imagesTr").is_dir():
             raise PoiNnunetError(
@@ -129,13 +143,14 @@ def open_folder(path: PathLike, role: str) -> EvaluationFolder:
                 f"(poisTs or poisTr for points and masks, labelsTs or {DENSE_REFERENCE_FOLDER} for masks only)")
         meta = _read_meta(path / "dataset.json") if (path / "dataset.json").is_file() else {}
         mask_dir, ending = path, str(meta.get("file_ending", ".nii.gz"))
+        image_dir = None
     poi_files = {} if masks_only else {
         f.name[: -len(".json")]: f
         for f in sorted(path.iterdir())
         if f.is_file() and f.name.endswith(".json") and not f.name.endswith(".mrk.json")
         and f.name not in NOT_POI_FILES and not f.name.startswith(".")
     }
-    return EvaluationFolder(path, poi_files, mask_dir, ending, meta, _list_masks(mask_dir, ending))
+    return EvaluationFolder(path, poi_files, mask_dir, ending, meta, _list_masks(mask_dir, ending), image_dir)
 
 
 def _list_masks(folder: Path, ending: str) -> Dict[str, Path]:

@@ -36,6 +36,7 @@ class PointMatch:
     status: str
     error_mm: float = float("nan")
     identified: bool = False
+    error_voxels: float = float("nan")  # the error in the reference image's voxels (see voxel_errors)
 
     @property
     def key(self) -> Tuple[int, int]:

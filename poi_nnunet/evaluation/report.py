@@ -94,18 +94,21 @@ def format_table(summary: Mapping[str, Any], max_poi_rows: int = 60) -> str:
 def _points_lines(summary: Mapping[str, Any], points: Mapping[str, Any], max_poi_rows: int) -> List[str]:
     """The point part of :func:`format_table`: TRE, success and identification rates, missing and extra cases."""
     keys = list(points["overall"]["success_rate"])
+    voxel_keys = list(points["overall"].get("success_rate_voxels") or {})
     head = f"{'poi':>6} {'name':<16} {'ref':>5} {'miss':>5} {'extra':>5} {'mean':>7} {'median':>7} {'std':>7} {'max':>7} " \
-           + " ".join(f"{'<=' + k:>6}" for k in keys) + f" {'id':>6}"
-    lines = [f"TRE in mm, success and identification rates in % ({summary['cases']['n_scored']} cases)", head]
+           + " ".join(f"{'<=' + k:>6}" for k in keys) + "".join(f" {'<=' + k + 'vx':>6}" for k in voxel_keys) \
+           + f" {'id':>6}"
+    lines = [f"TRE in mm, success and identification rates in % ({summary['cases']['n_scored']} cases; <=N: within "
+             f"N mm{', <=Nvx: within N voxels of the reference image' if voxel_keys else ''})", head]
     if len(points["per_poi"]) <= max_poi_rows:
         for poi, group in points["per_poi"].items():
-            lines.append(_point_line(poi, group.get("name") or "", group, keys))
+            lines.append(_point_line(poi, group.get("name") or "", group, keys, voxel_keys))
     else:
         lines[1] = lines[1].replace(f"{'poi':>6}", f"{'struct':>6}", 1)
         lines.append(f"(per structure: {len(points['per_poi'])} POI ids, see summary.json and points.csv for each)")
         for structure, group in points["per_structure"].items():
-            lines.append(_point_line(structure, group.get("name") or "", group, keys))
-    lines.append(_point_line("all", "", points["overall"], keys))
+            lines.append(_point_line(structure, group.get("name") or "", group, keys, voxel_keys))
+    lines.append(_point_line("all", "", points["overall"], keys, voxel_keys))
     cases = summary["cases"]
     if cases["missing"]:
         lines.append(f"cases without prediction (all points missing): {', '.join(cases['missing'])}")
@@ -114,9 +117,12 @@ def _points_lines(summary: Mapping[str, Any], points: Mapping[str, Any], max_poi
     return lines
 
 
-def _point_line(poi: str, name: str, group: Dict[str, Any], keys: Sequence[str]) -> str:
+def _point_line(poi: str, name: str, group: Dict[str, Any], keys: Sequence[str],
+                voxel_keys: Sequence[str] = ()) -> str:
     tre = group["tre_mm"]
-    rates = " ".join(_pct(group["success_rate"][k]) for k in keys)
+    in_voxels = group.get("success_rate_voxels") or {}
+    rates = " ".join([_pct(group["success_rate"][k]) for k in keys]
+                     + [_pct(in_voxels.get(k, float("nan"))) for k in voxel_keys])
     return (f"{poi:>6} {name[:16]:<16} {group['n_ref']:>5} {group['n_missing']:>5} {group['n_extra']:>5} "
             f"{_num(tre['mean'])} {_num(tre['median'])} {_num(tre['std'])} {_num(tre['max'])} {rates} "
             f"{_pct(group['identification_rate'])}")

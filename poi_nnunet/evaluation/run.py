@@ -20,8 +20,9 @@ from .plots import plot_error_distribution, plot_error_per_poi
 from .points import DEFAULT_ID_RADIUS_MM, PointMatch, match_points, unscored_points
 from .report import write_points_csv, write_summary
 from .segmentation import LabelMetrics, label_metrics
-from .statistics import DEFAULT_THRESHOLDS_MM
+from .statistics import DEFAULT_THRESHOLDS_MM, DEFAULT_THRESHOLDS_VOXELS
 from .summary import DEFINITIONS, point_summary, segmentation_summary
+from .voxel_errors import with_voxel_errors
 
 SUMMARY_FILE, POINTS_FILE = "summary.json", "points.csv"
 PLOT_PER_POI, PLOT_DISTRIBUTION = "error_per_poi.png", "error_distribution.png"
@@ -68,6 +69,7 @@ def evaluate_folders(ref_dir: PathLike, pred_dir: PathLike, out_dir: Optional[Pa
         "ref_dir": str(ref.path),
         "pred_dir": str(pred.path),
         "thresholds_mm": [float(t) for t in thresholds_mm],
+        "thresholds_voxels": [float(t) for t in DEFAULT_THRESHOLDS_VOXELS],
         "identification_radius_mm": float(id_radius_mm),
         "definitions": DEFINITIONS,
         **summary,
@@ -97,7 +99,7 @@ def _score_points_and_masks(ref: EvaluationFolder, pred: EvaluationFolder, names
         )
     missing_cases = [c for c in ref.cases if c not in pred.poi_files]
     extra_cases = [c for c in pred.cases if c not in ref.poi_files]
-    rows = _match_all(ref, pred, id_radius_mm)
+    rows = with_voxel_errors(_match_all(ref, pred, id_radius_mm), {c: ref.grid_file(c) for c in ref.cases})
     seg_per_case, no_pred_mask, no_ref_mask = _compare_masks(ref, pred, common)
     label_names, _, _ = _label_info(ref, pred)
     return {
@@ -105,7 +107,7 @@ def _score_points_and_masks(ref: EvaluationFolder, pred: EvaluationFolder, names
             "n_ref": len(ref.cases), "n_pred": len(pred.cases), "n_scored": len(ref.cases),
             "missing": missing_cases, "extra": extra_cases,
         },
-        "points": point_summary(rows, names, ref.cases, thresholds_mm),
+        "points": point_summary(rows, names, ref.cases, thresholds_mm, structure_names=label_names),
         "points_not_scored": None,
         "segmentation": segmentation_summary(seg_per_case, label_names, no_pred_mask, no_ref_mask),
     }, rows

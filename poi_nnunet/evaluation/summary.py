@@ -34,6 +34,10 @@ DEFINITIONS = {
                 "listed under cases.extra, their points have status 'extra_case' and are not scored",
     "tre_mm": "Euclidean distance in world millimetres over matched points; std is the population std (ddof=0)",
     "success_rate": "reference points with error <= threshold (mm) over all reference points; missing points fail",
+    "success_rate_voxels": "the same with the error in voxels of the case's reference image (its label file, else "
+                           "its first image channel): the world error vector carried into that image's index "
+                           "space (direction, spacing), one voxel step along any axis = 1; thresholds_voxels; "
+                           "null where a case has no reference image (a flat folder of point files)",
     "identification_rate": "reference points whose prediction is within the identification radius and at least "
                            "as close to them as to any other reference point of the case, over all reference points",
     "dice": "per case and label where both sides have a mask; NaN (null) when the label is absent from both, "
@@ -49,8 +53,9 @@ DEFINITIONS = {
 
 
 def point_summary(rows: Sequence[PointMatch], poi_names: Mapping[int, str], ref_cases: Iterable[str],
-                  thresholds_mm: Sequence[float]) -> Dict:
-    """Overall, per POI id, per structure and per reference case statistics; extra cases are left out."""
+                  thresholds_mm: Sequence[float], structure_names: Optional[Mapping[int, str]] = None) -> Dict:
+    """Overall, per POI id, per structure and per reference case statistics; extra cases are left out.
+    Each POI and each structure carries its ``name`` (null where the dataset names none)."""
     scored = [r for r in rows if r.status != EXTRA_CASE]
 
     def grouped(key: Callable[[PointMatch], object]) -> Dict[object, List[PointMatch]]:
@@ -63,8 +68,10 @@ def point_summary(rows: Sequence[PointMatch], poi_names: Mapping[int, str], ref_
         str(poi): {"name": poi_names.get(poi), **summarise_rows(group, thresholds_mm)}
         for poi, group in sorted(grouped(lambda r: r.poi).items())
     }
+    structure_names = structure_names or {}
     per_structure = {
-        str(s): summarise_rows(group, thresholds_mm) for s, group in sorted(grouped(lambda r: r.structure).items())
+        str(s): {"name": structure_names.get(s), **summarise_rows(group, thresholds_mm)}
+        for s, group in sorted(grouped(lambda r: r.structure).items())
     }
     by_case = grouped(lambda r: r.case)
     per_case = {case: summarise_rows(by_case.get(case, []), thresholds_mm) for case in sorted(ref_cases)}
