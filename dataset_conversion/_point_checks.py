@@ -1,6 +1,6 @@
 """Checks every converter applies to the points it read, reported all at once against the user's file.
 
-FORMAT.md makes a point outside the image, a non-finite coordinate or a
+docs/format.md makes a point outside the image, a non-finite coordinate or a
 structure missing from the mask an error; a converter reports them naming the
 user's own point file (the validator, run later on the staging folder, could
 only name a temporary file).
@@ -45,7 +45,7 @@ def checked_pois(entries: Iterable[Entry], geometry: ImageGeometry, source: Path
 
 def structures_missing_from_mask(pois: PoiSet, mask_labels: Optional[Set[int]], source: PathLike,
                                  mask: PathLike, describe: Describe) -> List[Problem]:
-    """A point's structure must be a label that occurs in the case's mask (FORMAT.md)."""
+    """A point's structure must be a label that occurs in the case's mask (docs/format.md)."""
     if mask_labels is None:
         return []
     return [Problem(str(source), f"structure {p.structure} does not occur in the mask {mask}", describe(p.structure, p.poi))

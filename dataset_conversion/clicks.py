@@ -6,7 +6,7 @@ structure clicks their class). nnU-Net trains on such a dataset as it is.
 Two sources:
 
 (a) Clicked points: --points FOLDER holds one <case>.json per case in the
-    unified point format (FORMAT.md: "coordinate_system": "LPS", world mm);
+    unified point format (docs/format.md: "coordinate_system": "LPS", world mm);
     a point's "structure" is the class clicked (0 = background), its "poi" only
     numbers the clicks. --images is a folder of <case>_0000.nii.gz (+ _0001 ...,
     nnU-Net naming) or <case>.nii.gz/.nrrd/.mha, or a raw dataset (id, name or

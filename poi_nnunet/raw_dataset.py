@@ -1,6 +1,6 @@
 """A dataset in the unified raw format: finding it, reading dataset.json, listing its cases.
 
-The format is nnU-Net v2's raw format plus ``poisTr/`` (see FORMAT.md). This
+The format is nnU-Net v2's raw format plus ``poisTr/`` (see docs/format.md). This
 module knows where files live; :mod:`poi_nnunet.raw_format_checks` knows the
 rules and :mod:`poi_nnunet.raw_dataset_writer` writes a dataset (checked
 before it is published). Each of those imports this module, never the

@@ -1,4 +1,4 @@
-"""Every rule of the unified raw format (FORMAT.md) and nnU-Net's own, checked at once.
+"""Every rule of the unified raw format (docs/format.md) and nnU-Net's own, checked at once.
 
 The validator never stops at the first problem: it collects all of them, each
 naming the file (and the point, for POI files), so a user fixes a dataset in
