@@ -573,9 +573,15 @@ def test_landmark_only_model_writes_points_without_segmentation(env, tmp_path: P
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
-def test_cuda_without_a_gpu_is_a_clear_error(env, tmp_path: Path, capsys) -> None:
+def test_without_a_gpu_the_default_device_is_the_cpu_and_forcing_cuda_is_a_clear_error(env, tmp_path: Path,
+                                                                                        capsys) -> None:
+    """The README's commands carry no -device: on a machine without a GPU they must run (on the CPU, said
+    in the log); -device cuda there is a one-line error."""
     args = [a for a in ARGS if a not in ("-device", "cpu")]
-    assert main(["-i", str(env["images_ts"]), "-o", str(tmp_path / "out"), *args]) == 2
+    assert main(["-i", str(env["images_ts"]), "-o", str(tmp_path / "out"), *args]) == 0
+    assert "device: cpu" in capsys.readouterr().out
+    assert list((tmp_path / "out").glob("*.json"))
+    assert main(["-i", str(env["images_ts"]), "-o", str(tmp_path / "out2"), *args, "-device", "cuda"]) == 2
     assert "pass -device cpu" in _err(capsys)
 
 

@@ -22,7 +22,7 @@ from ..errors import PoiNnunetError
 from ..pois import read_poi_file
 from ..raw_dataset import RawDataset, dataset_folder_name
 from ..raw_format_checks import check_raw_dataset
-from .common import reports_user_errors
+from .common import add_device_argument, reports_user_errors, resolve_device
 
 SPINE_ID, SPINE_NAME = 501, "SyntheticSpine"
 XRAY_ID, XRAY_NAME = 502, "SyntheticXray"
@@ -57,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations_per_epoch", type=int, default=None,
                         help=f"training iterations per epoch (default {DEMO_SCHEDULE['xray'][1]} for xray, "
                         f"{DEMO_SCHEDULE['spine'][1]} for spine)")
-    parser.add_argument("-device", default=None, choices=("cuda", "cpu"),
-                        help="training device (default: cuda when available, else cpu)")
+    add_device_argument(parser, "train and predict on")
     return parser
 
 
@@ -108,7 +107,7 @@ def generate(raw: Path, args: argparse.Namespace) -> Dict[str, Path]:
 @reports_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    workspace = Path(args.workspace)
+    workspace = Path(args.workspace).resolve()  # every path the demo prints is absolute
     folders = nnunet_environment(workspace)
     made = generate(folders["nnUNet_raw"], args)
     print("\nvalidating ...")
@@ -125,8 +124,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_pipeline(args: argparse.Namespace, raw_folder: Path, workspace: Path) -> dict:
     """Plan, train, predict the held-out cases and evaluate them, saying where everything goes."""
-    import torch
-
     from ..evaluation import evaluate_folders
     from ..evaluation.report import format_table
     from . import predict as poi_predict
@@ -136,7 +133,7 @@ def run_pipeline(args: argparse.Namespace, raw_folder: Path, workspace: Path) ->
     dataset_id, configuration = DEMO_TARGETS[args.train]
     epochs = args.epochs or DEMO_SCHEDULE[args.train][0]
     iterations = args.iterations_per_epoch or DEMO_SCHEDULE[args.train][1]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     step = _stepper()
     step(f"poi_plan_and_preprocess -d {dataset_id} -c {configuration}")
     plan_and_preprocess(str(dataset_id), configurations=[configuration], num_processes=[2])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 from ..errors import PoiNnunetError
-from .common import reports_user_errors
+from .common import add_device_argument, reports_user_errors, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", default="poiPlans", metavar="PLANS", help="plans identifier (default poiPlans)")
     parser.add_argument("-chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
                         help="checkpoint file name in each fold folder (default checkpoint_final.pth)")
-    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to predict on (default cuda)")
+    add_device_argument(parser, "predict on")
     parser.add_argument("-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
     parser.add_argument("--min_confidence", type=float, default=None, metavar="C",
@@ -100,7 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.labels is not None:
         provided_label_files(cases, args.labels, model.file_ending)  # every case has one, before anything is written
     options = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
-    predictor = predictor_for(model, folds, args.chk, args.device, use_mirroring=not args.disable_tta,
+    device = resolve_device(args.device)
+    predictor = predictor_for(model, folds, args.chk, device, use_mirroring=not args.disable_tta,
                               tile_step_size=args.step_size, **options)
     print(f"model {model.path}, folds {predictor.folds}; {len(cases)} case(s) in {args.i}")
     if args.add_points is not None:
@@ -108,7 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(f"added {add_points_to_predictor(predictor, args.add_points)} point(s) from {args.add_points}")
     arguments = {"input": args.i, "model": str(model.path), "folds": predictor.folds, "checkpoint": args.chk,
-                 "device": args.device, "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
+                 "device": device, "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
                  "min_confidence": predictor.min_confidence, "labels": args.labels, "add_points": args.add_points}
     out = Path(args.o)
     out.mkdir(parents=True, exist_ok=True)

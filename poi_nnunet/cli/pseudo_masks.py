@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from ..pseudo_masks.fusion import FUSION_METHODS
 from ..pseudo_masks.smoothing import DEFAULT_CLOSING_RADIUS_MM, DEFAULT_OPENING_RADIUS_MM
-from .common import reports_user_errors
+from .common import add_device_argument, reports_user_errors, resolve_device
 
 DESCRIPTION = """\
 Make dense pseudo masks for a point-annotated dataset D (sparse labelsTr with nnU-Net's "ignore" label, e.g.
@@ -52,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opening-mm", type=float, default=DEFAULT_OPENING_RADIUS_MM, metavar="MM",
                         help=f"opening radius of the smoothing (default {DEFAULT_OPENING_RADIUS_MM} mm; 0: none)")
     parser.add_argument("-f", "--fold", default="all", help="fold of the plane models (default all: every case)")
-    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to train and predict on (default cuda)")
+    add_device_argument(parser, "train and predict on")
     parser.add_argument("--epochs", type=int, default=None, help="override the plane models' number of epochs")
     parser.add_argument("--iterations_per_epoch", type=int, default=None,
                         help="override the plane models' training iterations per epoch")
@@ -71,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ..pseudo_masks.pipeline import DEFAULT_FUSION, PseudoMaskOptions, run_pseudo_masks
 
-    options = PseudoMaskOptions(fold=args.fold, device=args.device, epochs=args.epochs,
+    options = PseudoMaskOptions(fold=args.fold, device=resolve_device(args.device), epochs=args.epochs,
                                 iterations_per_epoch=args.iterations_per_epoch, fusion=args.fusion or DEFAULT_FUSION,
                                 closing_radius_mm=args.closing_mm, opening_radius_mm=args.opening_mm,
                                 output_id=args.output_id, num_processes=args.np, num_processes_fingerprint=args.npfp,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import PoiNnunetError
-from .common import reports_user_errors
+from .common import add_device_argument, reports_user_errors, resolve_device
 
 DEFAULT_PLANS = "poiPlans"
 
@@ -32,8 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("trainer", help=f"trainer: {names}")
     parser.add_argument("-f", "--fold", default="0", help="fold 0-4 of nnU-Net's 5-fold split, or 'all' (default 0)")
     parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help=f"plans identifier (default {DEFAULT_PLANS})")
-    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
-                        help="device to train on (default cuda; cpu works, slowly)")
+    add_device_argument(parser, "train on (cpu works, slowly)")
     parser.add_argument("--c", dest="continue_training", action="store_true",
                         help="continue from the fold's latest checkpoint")
     parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
@@ -51,7 +50,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..trainer_factory import build_trainer, run_fold
 
     fold = args.fold if args.fold == "all" else _int_fold(args.fold)
-    trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans, args.device,
+    trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans,
+                            resolve_device(args.device),
                             continue_training=args.continue_training, epochs=args.epochs,
                             iterations_per_epoch=args.iterations_per_epoch)
     summary = run_fold(trainer, continue_training=args.continue_training, validation_only=args.validation_only,
