@@ -85,6 +85,10 @@ def test_train_predict_evaluate_on_the_xray_phantom(env: Dict[str, Path], tmp_pa
     assert train_main(["503", "2d", "heatmap", "-f", "0", *SHORT]) == 0
     fold = _fold(env, "Dataset503_Xray", "2d")
     assert (fold / "checkpoint_final.pth").is_file()
+    log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    # progress a user can read: epoch and iteration out of the total, time left, the POI loss by name
+    assert "epoch 1/2 (iteration 2/4) | elapsed" in log and "epoch 2/2 (iteration 4/4)" in log
+    assert "about 0s left | loss " in log and "poi_loss" in log.split("epoch 2/2")[1].splitlines()[0]
     summary = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())
     assert summary["cases"]["n_ref"] >= 1 and summary["cases"]["missing"] == []
 
@@ -144,7 +148,8 @@ def test_unknown_trainer_and_unplanned_dataset_are_clear_errors(env: Dict[str, P
     assert train_main(["503", "3d_lowres", "heatmap", "-device", "cpu"]) == 2
     assert "no configuration '3d_lowres'" in capsys.readouterr().err
     assert train_main(["999", "2d", "heatmap", "-device", "cpu"]) == 2
-    assert "poi_plan_and_preprocess -d 999" in capsys.readouterr().err
+    err = capsys.readouterr().err  # says what is missing and where it was looked for, not only what to run
+    assert "no Dataset999_* folder in $nnUNet_raw (" in err and "poi_convert" in err
 
 
 def test_nnunet_baseline_trains_with_the_same_command_on_the_same_plans(env: Dict[str, Path]) -> None:

@@ -40,6 +40,7 @@ from poi_nnunet.data_loader import PoiDataLoader, case_slots, centre_shift_voxel
 from poi_nnunet.inference import PoiPredictor, predict_preprocessed_cases
 from poi_nnunet.plan import PoiPlan
 from poi_nnunet.preprocessing import PreprocessedPois, load_preprocessed_pois
+from trainers.progress import TrainingProgress
 
 NNUNET_OUTPUT_KEYS = ("loss", "tp_hard", "fp_hard", "fn_hard")
 
@@ -58,6 +59,8 @@ class PoiTrainer(nnUNetTrainer):
         self.poi_layout = ChannelLayout.from_plan(self.poi_plan, dataset_json)
         self.num_segmentation_outputs = self.label_manager.num_segmentation_heads
         self.has_segmentation = len(self.label_manager.foreground_labels) > 0
+        self.progress: Optional[TrainingProgress] = None  # set when a run starts (trainers/progress.py)
+        self._train_means: Dict[str, float] = {}
 
     # ------------------------------------------------------------------ what a method overrides
     @classmethod
@@ -127,7 +130,10 @@ class PoiTrainer(nnUNetTrainer):
             result.total.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return {"loss": result.total.detach().cpu().numpy(), **result.terms}
+        loss = result.total.detach().cpu().numpy()
+        if self.progress is not None:
+            self.progress.step(float(loss))
+        return {"loss": loss, **result.terms}
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> dict:
@@ -163,19 +169,42 @@ class PoiTrainer(nnUNetTrainer):
         counts = [x.detach().cpu().numpy() for x in (tp, fp, fn)]
         return tuple(counts if lm.has_regions else [c[1:] for c in counts])
 
+    # ------------------------------------------------------------------ progress and loss terms
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.progress = TrainingProgress(self.num_epochs, self.num_iterations_per_epoch, self.current_epoch,
+                                         show_bar=self.local_rank == 0)
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if self.progress is not None:
+            self.progress.start_epoch(self.current_epoch)
+
     def on_train_epoch_end(self, train_outputs: List[dict]) -> None:
+        if self.progress is not None:
+            self.progress.close_bar()
         super().on_train_epoch_end(train_outputs)
-        self._log_terms("train", train_outputs)
+        self._train_means = self._log_terms("train", train_outputs)
 
     def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
         self._log_terms("val", val_outputs)
 
-    def _log_terms(self, split: str, outputs: List[dict]) -> None:
+    def on_epoch_end(self) -> None:
+        if self.progress is not None:
+            self.print_to_log_file(self.progress.epoch_line(self.current_epoch, self._train_means))
+        super().on_epoch_end()
+
+    def _log_terms(self, split: str, outputs: List[dict]) -> Dict[str, float]:
+        """Log the method's loss terms (beyond nnU-Net's ``loss``) averaged over the epoch; return the means
+        of ``loss`` and the terms (the progress line's losses)."""
         names = [k for k in outputs[0] if k not in NNUNET_OUTPUT_KEYS] if outputs else []
-        if names:
-            means = {k: float(np.nanmean([o[k] for o in outputs])) for k in names}
+        means = {k: float(np.nanmean([o[k] for o in outputs])) for k in names}
+        if means:
             self.print_to_log_file(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        if outputs and "loss" in outputs[0]:
+            means = {"loss": float(np.nanmean([np.asarray(o["loss"], dtype=np.float64) for o in outputs])), **means}
+        return means
 
     # ------------------------------------------------------------------ end of training
     def perform_actual_validation(self, save_probabilities: bool = False) -> Optional[dict]:
