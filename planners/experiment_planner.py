@@ -1,6 +1,8 @@
 """nnU-Net's experiment planner with a ``poi`` block added to every configuration it plans."""
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
@@ -46,4 +48,9 @@ class PoiExperimentPlanner(ExperimentPlanner):
             if "spacing" in config:  # 3d_cascade_fullres only inherits from 3d_fullres
                 config["poi"] = poi_block(self.poi_fingerprint, config, plans["transpose_forward"],
                                           self.cleaning_thresholds, self.flagged, names)
-        super().save_plans(plans)
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):  # nnU-Net names the staging folder, gone once published
+            super().save_plans(plans)
+        for line in said.getvalue().splitlines():
+            if not line.startswith("Plans were saved to"):
+                print(line)

@@ -25,7 +25,14 @@ def preprocessed_dataset_folder(dataset: str) -> Path:
     try:
         name = maybe_convert_to_dataset_name(int(dataset) if str(dataset).isdigit() else str(dataset))
     except RuntimeError:
-        raise PoiNnunetError(f"unknown dataset {dataset!r}: run poi_plan_and_preprocess -d {dataset} first") from None
+        import os
+
+        looked = ", ".join(f"${v} ({os.environ.get(v) or 'not set'})"
+                           for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
+        raise PoiNnunetError(
+            f"unknown dataset {dataset!r}: no "
+            f"{'Dataset%03d_* folder' % int(dataset) if str(dataset).isdigit() else 'folder of that name'} in {looked}; write "
+            "the raw dataset first (poi_convert), then poi_plan_and_preprocess -d it") from None
     return Path(nnUNet_preprocessed.require()) / name
 
 

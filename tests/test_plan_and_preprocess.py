@@ -206,7 +206,10 @@ def test_rerun_reuses_a_valid_fingerprint_and_redoes_a_stale_one(runs, monkeypat
     pre = runs["nnUNet_preprocessed"] / XRAY
     before = (pre / "poi_fingerprint.json").read_text()
     assert main(["-d", "502", "--no_pp", "-npfp", "1", "--no_pbar"]) == 0
-    assert "reusing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reusing" in out
+    # the plans path said is where they stay, not the staging folder removed after publishing
+    assert f"Plans: {pre / 'poiPlans.json'}" in out and ".poi_plan_" not in out
     assert (pre / "poi_fingerprint.json").read_text() == before
     assert (pre / "poiPlans_2d").is_dir()  # planning alone leaves the preprocessed data in place
     # a moved POI makes the stamp stale: fingerprint, validation and plans are redone

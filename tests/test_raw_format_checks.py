@@ -212,6 +212,7 @@ def test_unknown_dataset_id_is_one_clear_line(nnunet_folders: dict) -> None:
     assert result.returncode != 0
     assert "unknown dataset '777'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert result.stderr.count("777") == 1  # said once, not as a header and again in the problem
 
 
 def test_missing_dataset_json(tmp_path: Path) -> None:

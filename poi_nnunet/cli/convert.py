@@ -10,6 +10,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
+from ..raw_dataset import resolve_raw_dataset
 from ..raw_format_checks import validate_raw_dataset
 from .common import reports_user_errors
 
@@ -52,13 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "validate":
-        problems = validate_raw_dataset(args.dataset)
+        path = resolve_raw_dataset(args.dataset)  # an unknown id is one line (exit 2), said once
+        problems = validate_raw_dataset(path)
         if problems:
-            print(f"{args.dataset}: {len(problems)} problem(s)", file=sys.stderr)
+            print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
             for p in problems:
                 print(f"  - {p}", file=sys.stderr)
             return 1
-        print(f"{args.dataset}: valid")
+        print(f"{path}: valid")
         return 0
     path = args.converter.run(args)
     print(f"wrote {path}")

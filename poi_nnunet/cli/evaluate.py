@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, default=None, metavar="OUT",
                         help="where to write the results (default: PRED/evaluation)")
     parser.add_argument("--thresholds", type=_thresholds, default=list(DEFAULT_THRESHOLDS_MM), metavar="MM,MM",
-                        help="success-rate thresholds in mm (default: %(default)s)")
+                        help="success-rate thresholds in mm, comma-separated (default: "
+                        f"{','.join(f'{t:g}' for t in DEFAULT_THRESHOLDS_MM)}); success within 1 and 2 voxels of the "
+                        "reference image is reported beside them")
     parser.add_argument("--id-radius", type=float, default=DEFAULT_ID_RADIUS_MM, metavar="MM",
                         help="a point is identified when its prediction is within this distance and closer to it "
                              "than to any other reference point of the case (default: %(default)s mm)")

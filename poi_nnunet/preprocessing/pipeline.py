@@ -72,6 +72,7 @@ def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAU
         produced = _run_staged(ds, staging, stamp, reuse, processes if preprocess else {},
                                num_processes_fingerprint, gpu_memory_target, progress, planner_class, plans_name)
         publish(staging, target, produced)
+    print(f"Plans: {target / (plans_name + '.json')}")
     print(f"Done: {target}")
     return target
 
