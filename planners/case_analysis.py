@@ -61,12 +61,14 @@ def analyze_case(case: str, image_file: str, label_file: Optional[str], poi_file
     result["structures"] = {str(s): _structure_stats(boxes[s], spacing) for s in structures}
     _add_neighbour_crops(result["structures"])
     result["poi_bearing_fraction"] = _bearing_fraction(label, structures, boxes)
+    occluded = _occluded(label, pois, grid / spacing) if geo.dim == 2 else [False] * len(pois)
     surface = _surface_distances(label, pois, grid, boxes, spacing)
     nearest = _nearest_same_structure(pois, grid)
     for i, p in enumerate(pois):
         result["points"].append({
             "structure": p.structure, "poi": p.poi, "grid_mm": grid[i].tolist(),
-            "surface_distance_mm": surface[i], "nearest_poi_mm": nearest[i],
+            "surface_distance_mm": None if occluded[i] else surface[i], "occluded": occluded[i],
+            "nearest_poi_mm": nearest[i],
         })
     return result
 
@@ -167,6 +169,22 @@ def _surface_distances(label: Optional[np.ndarray], pois, grid: np.ndarray, boxe
         for i, d in zip(idx, np.atleast_1d(dist)):
             out[i] = float(d)
     return out
+
+
+def _occluded(label: Optional[np.ndarray], pois, index: np.ndarray) -> List[bool]:
+    """Per POI of a 2D case: whether the voxel nearest to it holds *another* structure's label.
+
+    A 2D image may be a projection (an X-ray), where one label map cannot show a structure behind
+    another: a lung's outline runs on behind the heart, and its POIs there lie inside the heart's label,
+    far from the lung's visible surface though placed right. Their surface distance says nothing, so it
+    is not measured (and such POIs are never flagged by cleaning). A 3D label map shows every structure
+    whole, so there a POI inside another structure is misplaced, and it stays checked.
+    """
+    if label is None:
+        return [False] * len(pois)
+    voxel = np.clip(np.rint(index).astype(int), 0, np.array(label.shape) - 1)
+    under = label[tuple(voxel.T)]
+    return [bool(p.structure != 0 and u != 0 and u != p.structure) for p, u in zip(pois, under)]
 
 
 def _nearest_same_structure(pois, grid: np.ndarray) -> List[Optional[float]]:

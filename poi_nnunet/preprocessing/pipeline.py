@@ -108,7 +108,10 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
               "rule": "flagged when the distance to its own structure's surface exceeds "
                       "max(max_surface_distance_mm[poi], min_voxel_diagonals * the case's voxel diagonal)",
               "max_surface_distance_mm": thresholds, "min_voxel_diagonals": MIN_VOXEL_DIAGONALS,
-              "num_flagged": len(flagged), "flagged": flagged}
+              "num_flagged": len(flagged), "flagged": flagged,
+              "not_checked_occluded": sum(bool(q.get("occluded")) for c in fingerprint["cases"] for q in c["points"]),
+              "occluded": "2D cases only: a POI on another structure's label (a projection hides what lies behind "
+                          "it) has no visible surface to be measured against, and is not flagged"}
     atomic_write_text(staging / CLEANING_REPORT, json.dumps(report, indent=1) + "\n")
     if flagged:
         print(f"Cleaning: {len(flagged)} POI(s) far from their structure's surface are left out of training "
