@@ -21,8 +21,10 @@ Reported per (phantom, variant, iterations):
 
 Phantoms: ``polygons`` (2D, three polygons with masks, 12 vertex landmarks, 112x128 at 0.8 mm, 32
 training and 8 test cases), ``polygons_lmk`` (the same without masks: landmark-only) and ``spine``
-(the 3D synthetic spine, structure mode). Writes ``learning_speed.csv`` and ``learning_speed.png``
-(error and confusions against iterations, one line per variant) into ``--work``. Runs resume: a
+(the 3D synthetic spine, structure mode); ``demo_xray`` is ``poi_demo``'s X-ray (100 training and 5
+test cases at 64x64, 160 contour landmarks), to size the demo's schedule. Writes ``learning_speed.csv``
+and ``learning_speed.png`` (error and confusions against iterations, one line per variant) into
+``--work``. Runs resume: a
 finished snapshot or prediction is not redone, while the scores are taken anew on every run (delete
 ``predictions/`` to predict again after a change to decoding).
 
@@ -64,7 +66,11 @@ class Phantom:
 
     def write(self, raw: Path, seed: int) -> None:
         target = raw / self.dataset
-        if self.name.startswith("Polygons"):
+        if self.name == "DemoXray":  # poi_demo's X-ray as the demo writes it (its defaults), to size its schedule
+            from dataset_conversion.synthetic_xray import write_xray_dataset
+
+            write_xray_dataset(target, num_cases=100, num_test=5, seed=seed, shape=(64, 64), overwrite=True)
+        elif self.name.startswith("Polygons"):
             from dataset_conversion.synthetic_polygons import write_polygon_dataset
 
             write_polygon_dataset(target, num_cases=32, num_test=8, seed=seed, masks=self.name == "PolygonsMasks",
@@ -79,6 +85,7 @@ PHANTOMS: Dict[str, Phantom] = {
     "polygons": Phantom(611, "PolygonsMasks", "2d", 50),
     "polygons_lmk": Phantom(612, "PolygonsLandmarks", "2d", 50),
     "spine": Phantom(613, "SpineSmall", "3d_fullres", 25),
+    "demo_xray": Phantom(614, "DemoXray", "2d", 25),
 }
 
 
