@@ -77,7 +77,7 @@ def evaluate_folders(ref_dir: PathLike, pred_dir: PathLike, out_dir: Optional[Pa
     out = Path(out_dir) if out_dir is not None else pred.path / "evaluation"
     if rows is not None:
         write_points_csv(out / POINTS_FILE, rows, names)
-        plot_error_per_poi(out / PLOT_PER_POI, rows, names)
+        plot_error_per_poi(out / PLOT_PER_POI, rows, names, structure_names=_label_info(ref, pred)[0])
         plot_error_distribution(out / PLOT_DISTRIBUTION, rows, thresholds_mm)
     else:
         for stale in (POINTS_FILE, PLOT_PER_POI, PLOT_DISTRIBUTION):
