@@ -25,6 +25,7 @@ CONVERTERS = {
     "synthetic-xray": "dataset_conversion.synthetic_xray",
     "synthetic-polygons": "dataset_conversion.synthetic_polygons",
     "synthetic-wrist": "dataset_conversion.synthetic_wrist",
+    "synthetic-leg": "dataset_conversion.synthetic_leg",
     "clicks": "dataset_conversion.clicks",
 }
 
