@@ -82,3 +82,12 @@ def write_synthetic_dataset(target: Path, prefix: str, fields: Tuple[Dict[str, s
             case.split = split
             writer.add_case(case)
     return target
+
+
+def rotation_about(axis: Sequence[float], degrees: float) -> np.ndarray:
+    """``(3, 3)`` right-handed rotation by ``degrees`` about ``axis`` (Rodrigues' formula), for the 3D phantoms."""
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    t = np.radians(degrees)
+    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * (k @ k)

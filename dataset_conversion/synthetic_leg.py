@@ -62,9 +62,9 @@ from poi_nnunet.raw_dataset_writer import CaseData
 
 from ._output import output_folder
 from .synthetic_common import (add_synthetic_arguments, check_shape, child_generators, float32_exact,
-                               write_synthetic_dataset)
-from .synthetic_leg_bones import (BONE_NAMES, POIS, SHANK, THIGH, LegAnatomy, LegDims, Primitive, build_leg, draw_dims,
-                                  rotation_about)
+                               rotation_about, write_synthetic_dataset)
+from .synthetic_leg_bones import (BONE_NAMES, POIS, SHANK, THIGH, LegAnatomy, LegDims, Primitive, build_leg,
+                                  draw_dims)
 
 HELP = "synthetic 3D leg CT, hip to ankle: femur, patella, tibia, fibula; 16 POIs at the hip, knee and ankle"
 

@@ -19,6 +19,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from .synthetic_common import rotation_about
+
 FEMUR, PATELLA, TIBIA, FIBULA = 1, 2, 3, 4
 BONE_NAMES: Dict[int, str] = {FEMUR: "femur", PATELLA: "patella", TIBIA: "tibia", FIBULA: "fibula"}
 THIGH, SHANK = "thigh", "shank"   # the two rigid groups the knee bends between
@@ -153,15 +155,6 @@ class EllipticSlab:
 
 
 Primitive = Sphere | RoundCone | Ellipsoid | EllipticSlab
-
-
-def rotation_about(axis: Sequence[float], degrees: float) -> np.ndarray:
-    """Right-handed rotation by ``degrees`` about ``axis`` (Rodrigues)."""
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    t = np.radians(degrees)
-    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * (k @ k)
 
 
 def _unit(v: Sequence[float]) -> np.ndarray:

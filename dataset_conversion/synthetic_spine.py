@@ -46,7 +46,7 @@ from poi_nnunet.raw_dataset_writer import CaseData, DatasetWriter
 from ._output import output_folder
 from ._tptbox_names import left_right_pairs, poi_names, structure_labels
 from .synthetic_common import (add_synthetic_arguments, check_shape, child_generators, float32_exact,
-                               planned_cases)
+                               planned_cases, rotation_about)
 from .synthetic_shapes import EllipticCylinder
 from .synthetic_spine_render import CtAppearance, PlacedObject, ct_intensities, rasterise_spine
 from .synthetic_vertebra import POI_IDS, Part, VertebraDims, vertebra_parts, vertebra_pois
@@ -75,16 +75,8 @@ class SpineSubject:
     world_centre: np.ndarray                  # where the run sits in scanner coordinates
 
 
-def _rotation(axis: Sequence[float], degrees: float) -> np.ndarray:
-    axis = np.asarray(axis, dtype=np.float64)
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    t = np.radians(degrees)
-    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * (k @ k)
-
-
-def _random_rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
-    return _rotation(rng.normal(size=3), rng.uniform(0, max_degrees))
+def _randomrotation_about(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
+    return rotation_about(rng.normal(size=3), rng.uniform(0, max_degrees))
 
 
 def draw_subject(rng: np.random.Generator, num_vertebrae: Optional[int], levels: Tuple[int, int]) -> SpineSubject:
@@ -121,7 +113,7 @@ def draw_subject(rng: np.random.Generator, num_vertebrae: Optional[int], levels:
     bends = tuple((sagittal + rng.normal(0, 1.5), lateral + rng.normal(0, 1.0), rng.normal(0, 2.0))
                   for _ in range(n - 1))
     discs = tuple(9.0 * size * rng.uniform(0.8, 1.2) for _ in range(n - 1))
-    pose = _rotation([0, 0, 1], rng.uniform(-10, 10)) @ _random_rotation(rng, 12)
+    pose = rotation_about([0, 0, 1], rng.uniform(-10, 10)) @ _randomrotation_about(rng, 12)
     world_centre = np.array([rng.uniform(-40, 40), rng.uniform(-40, 40), rng.uniform(-400, 100)])
     return SpineSubject(ids, tuple(dims), discs, bends, pose, world_centre)
 
@@ -141,7 +133,7 @@ def build_spine(subject: SpineSubject, scale: float = 1.0) -> Tuple[List[PlacedO
     for lower, upper in zip(order[:-1], order[1:]):
         sag, lat, twist = subject.bends[upper]    # bends[i] and discs[i] lie between levels i and i + 1
         r_low = frames[-1]
-        r_up = r_low @ _rotation([1, 0, 0], sag) @ _rotation([0, 1, 0], lat) @ _rotation([0, 0, 1], twist)
+        r_up = r_low @ rotation_about([1, 0, 0], sag) @ rotation_about([0, 1, 0], lat) @ rotation_about([0, 0, 1], twist)
         axis = r_low[:, 2] + r_up[:, 2]
         axis /= np.linalg.norm(axis)
         gap = subject.discs[upper] * scale
@@ -177,7 +169,7 @@ def fit_grid(subject: SpineSubject, rng: np.random.Generator, shape: Tuple[int, 
     and a random fill fraction (so it is anisotropic and varies by subject);
     with it, the anatomy is scaled to fill the field of view the same way.
     """
-    direction = BASE_DIRECTION @ _random_rotation(rng, 8)
+    direction = BASE_DIRECTION @ _randomrotation_about(rng, 8)
     fill = rng.uniform(0.76, 0.9, size=3)
     shift = rng.uniform(-1, 1, size=3)
     size = np.array(shape[::-1], dtype=np.float64)            # ITK order (x, y, z)

@@ -103,3 +103,18 @@ def planned_xray_and_spine(base: Path, xray: int, spine: int, xray_cases: int, s
         for dataset, config in ((xray, "2d"), (spine, "3d_fullres")):
             assert plan_main(["-d", str(dataset), "-c", config, "-np", "1", "-npfp", "1", "--no_pbar"]) == 0
     return env
+
+
+def assert_deterministic_by_seed(write, tmp_path: Path, n_files: int, **options) -> None:
+    """A phantom writer ``write(target, num_cases=2, seed=..., **options) -> root`` gives the same bytes for the
+    same seed and different files (all but dataset.json) for another seed; it writes ``n_files`` files."""
+    def files(seed: int, name: str) -> dict:
+        root = write(tmp_path / name, num_cases=2, seed=seed, **options)
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    a, b, c = files(2, "a"), files(2, "b"), files(3, "c")
+    assert a.keys() == b.keys() == c.keys() and len(a) == n_files
+    assert a == b
+    for name in a:
+        if name != "dataset.json":
+            assert a[name] != c[name], name

@@ -20,6 +20,7 @@ from poi_nnunet.cli.convert import main as poi_convert
 from poi_nnunet.pois import read_poi_file
 from poi_nnunet.raw_dataset import RawDataset
 from poi_nnunet.raw_format_checks import validate_raw_dataset
+from tests.factories import assert_deterministic_by_seed
 
 SMALL = (64, 32, 32)   # numpy order (z, y, x)
 FEMUR, PATELLA, TIBIA, FIBULA = 1, 2, 3, 4
@@ -163,16 +164,7 @@ def test_a_left_leg_in_lps_with_plausible_joints_and_subjects_vary(written: RawD
 
 
 def test_same_seed_writes_the_same_bytes_and_another_seed_differs(tmp_path: Path):
-    def files(seed: int, name: str) -> Dict[str, bytes]:
-        root = write_leg_dataset(tmp_path / name, num_cases=2, seed=seed, shape=(48, 24, 24))
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-    a, b, c = files(2, "a"), files(2, "b"), files(3, "c")
-    assert a.keys() == b.keys() == c.keys() and len(a) == 7
-    assert a == b
-    for name in a:
-        if name != "dataset.json":
-            assert a[name] != c[name], name
+    assert_deterministic_by_seed(write_leg_dataset, tmp_path, 7, shape=(48, 24, 24))
 
 
 def test_poi_convert_synthetic_leg_writes_a_valid_dataset_at_the_default_shape(tmp_path: Path):

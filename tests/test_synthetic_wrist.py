@@ -23,6 +23,7 @@ from poi_nnunet.geometry import ImageGeometry
 from poi_nnunet.pois import read_poi_file
 from poi_nnunet.raw_dataset import RawDataset
 from poi_nnunet.raw_format_checks import validate_raw_dataset
+from tests.factories import assert_deterministic_by_seed
 
 BONE_NAMES = ["radius", "ulna", "radius_epiphysis", "ulna_epiphysis", "scaphoid", "lunate", "triquetrum", "pisiform",
               "trapezium", "trapezoid", "capitate", "hamate", "metacarpal_1", "metacarpal_2", "metacarpal_3",
@@ -98,16 +99,7 @@ def test_poi_convert_synthetic_wrist_writes_a_valid_dataset(nnunet_folders: dict
 
 
 def test_same_seed_writes_the_same_bytes_and_another_seed_differs(tmp_path: Path):
-    def files(seed: int, name: str) -> Dict[str, bytes]:
-        root = write_wrist_dataset(tmp_path / name, num_cases=2, seed=seed, shape=(96, 96))
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-    a, b, c = files(2, "a"), files(2, "b"), files(3, "c")
-    assert a.keys() == b.keys() == c.keys() and len(a) == 7
-    assert a == b
-    for name in a:
-        if name != "dataset.json":
-            assert a[name] != c[name], name
+    assert_deterministic_by_seed(write_wrist_dataset, tmp_path, 7, shape=(96, 96))
 
 
 # ---------------------------------------------------------------------------- correspondence
