@@ -21,6 +21,7 @@ setup(
         "matplotlib",
         "TPTBox",
         "pillow",
+        "optuna>=3.6",  # poi_tune
     ],
     extras_require={"test": ["pytest"]},
     entry_points={
@@ -32,6 +33,7 @@ setup(
             "poi_train=poi_nnunet.cli.train:main",
             "poi_predict=poi_nnunet.cli.predict:main",
             "poi_pseudo_masks=poi_nnunet.cli.pseudo_masks:main",
+            "poi_tune=poi_nnunet.cli.tune:main",
         ],
     },
 )

@@ -12,8 +12,9 @@ block and is not part of the typed plan.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import PoiNnunetError
 from .shape_prior import ShapePrior
@@ -64,6 +65,9 @@ class PoiPlan:
     * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far (mm) its structure
       reaches at most: the radius of point supervision's prior-extent term (:mod:`poi_nnunet.click_extent`);
       None for dense labels.
+    * ``loss_weights``: trainer loss weights by attribute name (``{"heatmap_weight": 0.3}``), written by
+      ``poi_tune --apply``; the trainer sets each one it declares tunable and refuses any other name. Empty
+      (the trainer's own defaults) for planned blocks.
     """
 
     crop_mode: str
@@ -80,6 +84,7 @@ class PoiPlan:
     heatmap_deep_supervision: bool = False
     uv_templates: Optional[UvTemplates] = None
     point_sup_extent_mm: Optional[Mapping[int, float]] = None
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def num_channels(self) -> int:
@@ -121,6 +126,7 @@ class PoiPlan:
                 heatmap_deep_supervision=bool(block.get("heatmap_deep_supervision", False)),
                 uv_templates=UvTemplates.from_block(block.get("uv_templates")),
                 point_sup_extent_mm=_extents(block.get("point_sup_extent_mm")),
+                loss_weights=_loss_weights(block.get("loss_weights"), where),
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "
@@ -131,6 +137,52 @@ class PoiPlan:
         """The plan of an nnU-Net ``ConfigurationManager``."""
         name = getattr(configuration_manager, "configuration_name", None) or "configuration"
         return cls.from_block(configuration_manager.configuration.get("poi"), f"plans ({name})")
+
+
+# values of the block that poi_tune may set (trainers declare which, poi_nnunet.tuning.space)
+TUNABLE_BLOCK_KEYS = ("heatmap_sigma_mm", "heatmap_amplitude")
+
+
+def block_with_values(block: Mapping[str, Any], values: Mapping[str, float]) -> Dict[str, Any]:
+    """A copy of a ``poi`` block with ``values`` (keys of :data:`TUNABLE_BLOCK_KEYS`) in place of the planned ones.
+
+    The sigma is recorded twice, in mm and per axis in voxels (``sigma_mm / spacing``): a new sigma in mm
+    scales the voxel sigmas by the same factor, so both stay one width. What the planner derived from the
+    planned sigma for the reader only (``peaks_separable``) or as a floor (the shape prior's spreads, the
+    ``coarse_refine`` patch) is left as planned.
+    """
+    out = dict(block)
+    for key, value in values.items():
+        if key not in TUNABLE_BLOCK_KEYS:
+            raise PoiNnunetError(f"{key!r} is not a value of the 'poi' block that may be set (those are: "
+                                 f"{', '.join(TUNABLE_BLOCK_KEYS)})")
+        value = float(value)
+        if not (math.isfinite(value) and value > 0):
+            raise PoiNnunetError(f"'poi' block value {key} must be a positive number, got {value}")
+        if key == "heatmap_sigma_mm":
+            factor = value / float(block["heatmap_sigma_mm"])
+            out["heatmap_sigma_voxels"] = [round(float(v) * factor, 6) for v in block["heatmap_sigma_voxels"]]
+        out[key] = value
+    return out
+
+
+def _loss_weights(values: Any, where: str) -> Dict[str, float]:
+    """``poi.loss_weights`` as ``{name: weight}``; anything but a mapping of names to finite weights >= 0 is an
+    error naming the plans."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise PoiNnunetError(f"{where}: 'poi.loss_weights' must map weight names to numbers, got {values!r}")
+    weights = {}
+    for name, value in values.items():
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if isinstance(value, bool) or not (math.isfinite(weight) and weight >= 0):
+            raise PoiNnunetError(f"{where}: 'poi.loss_weights' {name!r} must be a finite number >= 0, got {value!r}")
+        weights[str(name)] = weight
+    return weights
 
 
 def _extents(values: Optional[Mapping[str, Any]]) -> Optional[Mapping[int, float]]:

@@ -10,7 +10,8 @@ A method (``heatmap``, ``coarse_refine``, ...) is a small subclass that override
   ``network(data)``);
 * :meth:`PoiTrainer.segmentation_output`: where the segmentation logits are in its output;
 * class attributes: ``data_loader_class`` (the loader), ``predictor_class`` (the predictor that
-  ``poi_predict`` and the end-of-training validation use), ``p_elastic_deform``;
+  ``poi_predict`` and the end-of-training validation use), ``p_elastic_deform``, ``tunable`` (what
+  ``poi_tune`` may search: the method's loss weights and planned values, :mod:`poi_nnunet.tuning.space`);
   :meth:`PoiTrainer.loader_arguments` for what its loader takes beyond the base's.
 
 The base owns the typed plan (:class:`~poi_nnunet.plan.PoiPlan`), the channel layout, the
@@ -21,7 +22,7 @@ and the end-of-training validation (predict the fold's validation cases and eval
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,9 +38,11 @@ from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.batch import LossOutput, PoiBatch
 from poi_nnunet.channels import ChannelLayout
 from poi_nnunet.data_loader import PoiDataLoader, case_slots, centre_shift_voxels
+from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.inference import PoiPredictor, predict_preprocessed_cases
 from poi_nnunet.plan import PoiPlan
 from poi_nnunet.preprocessing import PreprocessedPois, load_preprocessed_pois
+from poi_nnunet.tuning.space import Tunable
 from trainers.progress import TrainingProgress
 
 NNUNET_OUTPUT_KEYS = ("loss", "tp_hard", "fp_hard", "fn_hard")
@@ -51,16 +54,60 @@ class PoiTrainer(nnUNetTrainer):
     data_loader_class: type = PoiDataLoader
     predictor_class: type = PoiPredictor
     p_elastic_deform: float = 0.0  # probability; the ranges come from the plan
+    # What poi_tune searches, by name: loss weights (attributes of the trainer) and values of the poi block
+    # (``in_plan``). A subclass extends its parent's dict; the base owns no loss, so nothing to tune here.
+    tunable: ClassVar[Dict[str, Tunable]] = {}
+    # The validation loss term (unweighted, so trials with other weights compare) that follows point accuracy:
+    # what poi_tune prunes a TRE-only study on. None: such a study is not pruned.
+    pruning_term: ClassVar[Optional[str]] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.poi_plan = PoiPlan.from_configuration(self.configuration_manager)
+        self.apply_loss_weights(self.poi_plan.loss_weights)
         self.poi_layout = ChannelLayout.from_plan(self.poi_plan, dataset_json)
         self.num_segmentation_outputs = self.label_manager.num_segmentation_heads
         self.has_segmentation = len(self.label_manager.foreground_labels) > 0
         self.progress: Optional[TrainingProgress] = None  # set when a run starts (trainers/progress.py)
         self._train_means: Dict[str, float] = {}
+        self.val_term_means: Dict[str, float] = {}  # the last epoch's validation loss terms, by name
+        # called with the trainer after every epoch (nnU-Net's bookkeeping done): poi_tune's pruning reads the
+        # epoch's validation there and may stop the run by raising
+        self.epoch_end_callbacks: List[Callable[["PoiTrainer"], None]] = []
+
+    # ------------------------------------------------------------------ tunable loss weights
+    @classmethod
+    def search_space(cls) -> Dict[str, Tunable]:
+        """What ``poi_tune`` searches for this class (default: its ``tunable`` declaration)."""
+        return dict(cls.tunable)
+
+    @classmethod
+    def weight_names(cls) -> Tuple[str, ...]:
+        """The loss weights the plans' ``poi.loss_weights`` may set: the searched ones that are attributes."""
+        return tuple(name for name, t in cls.search_space().items() if not t.in_plan)
+
+    def loss_weight(self, name: str) -> float:
+        """The current value of loss weight ``name`` (one of :meth:`weight_names`)."""
+        return float(getattr(self, name))
+
+    def set_loss_weight(self, name: str, value: float) -> None:
+        """Set loss weight ``name`` on this instance (the class default stays for other trainers)."""
+        setattr(self, name, float(value))
+
+    def apply_loss_weights(self, weights: Mapping[str, float]) -> None:
+        """Set the plans' loss weights before the loss is built; a name this trainer does not declare is an
+        error naming the plans file (a weight tuned for another method would otherwise be silently lost)."""
+        known = self.weight_names()
+        unknown = sorted(set(weights) - set(known))
+        if unknown:
+            plans_file = Path(self.preprocessed_dataset_folder_base or ".") / f"{self.plans_manager.plans_name}.json"
+            raise PoiNnunetError(
+                f"{plans_file}: configuration {self.configuration_name!r} has poi.loss_weights "
+                f"{', '.join(map(repr, unknown))}, which {type(self).__name__} does not have (its weights: "
+                f"{', '.join(known) or 'none'}); were these plans tuned for another trainer?")
+        for name, value in weights.items():
+            self.set_loss_weight(name, value)
 
     # ------------------------------------------------------------------ what a method overrides
     @classmethod
@@ -188,12 +235,14 @@ class PoiTrainer(nnUNetTrainer):
 
     def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
-        self._log_terms("val", val_outputs)
+        self.val_term_means = self._log_terms("val", val_outputs)
 
     def on_epoch_end(self) -> None:
         if self.progress is not None:
             self.print_to_log_file(self.progress.epoch_line(self.current_epoch, self._train_means))
         super().on_epoch_end()
+        for callback in self.epoch_end_callbacks:
+            callback(self)
 
     def _log_terms(self, split: str, outputs: List[dict]) -> Dict[str, float]:
         """Log the method's loss terms (beyond nnU-Net's ``loss``) averaged over the epoch; return the means

@@ -19,7 +19,7 @@ Inference: :class:`~poi_nnunet.inference.coarse_refine.CoarseRefinePredictor`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from poi_nnunet.batch import PoiBatch
 from poi_nnunet.coarse_refine_network import CoarseRefineNetwork
 from poi_nnunet.inference.coarse_refine import CoarseRefinePredictor
 from poi_nnunet.plan import PoiPlan
+from poi_nnunet.tuning.space import Tunable
 
 from .coarse_refine_data import CentredPoiDataLoader
 from .coarse_refine_loss import CoarseRefineLoss
@@ -44,6 +45,14 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
     refine_weight: float = 0.02
     refine_jitter_voxels: float = 1.0  # std of the noise on refinement patch centres while training
     refine_on_features: bool = True  # refinement patches of image and last decoder features (False: image only)
+    # poi_tune: the heatmap trainer's weight and amplitude, and the two point terms (a decade either side of
+    # their defaults). Not the sigma: the planned refinement patch is sized from it (3 sigma around a point).
+    tunable: ClassVar[Dict[str, Tunable]] = {
+        **{k: v for k, v in PoiHeatmapTrainer.tunable.items() if k != "heatmap_sigma_mm"},
+        "coarse_weight": Tunable(0.002, 0.2, log=True),
+        "refine_weight": Tunable(0.002, 0.2, log=True),
+    }
+    pruning_term: ClassVar[Optional[str]] = "refined_mm"  # the refined points' error in mm
 
     @classmethod
     def add_poi_heads(cls, network: nn.Module, plan: PoiPlan, configuration_manager, num_input_channels: int,

@@ -27,12 +27,13 @@ learnt to predict zero everywhere.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import ClassVar, Dict, Optional
 
 from torch import nn
 
 from poi_nnunet.heads import add_heatmap_head, add_lower_heatmap_heads
 from poi_nnunet.plan import PoiPlan
+from poi_nnunet.tuning.space import Tunable
 
 from .base import PoiTrainer
 from .heatmap_loss import DeepSupervisedHeatmapLoss, SegmentationAndHeatmapLoss
@@ -50,6 +51,16 @@ class PoiHeatmapTrainer(PoiTrainer):
     # (the training variants compared by benchmarks/learning_speed.py).
     deep_supervised_heatmaps: Optional[bool] = None
     min_sigma_voxels: float = 1.0  # floor of a lower level's target sigma (its own voxels)
+    # poi_tune's search space. The weight spans 0.1 (more Dice, points left unfound in the demo) to beyond 1;
+    # sigma and amplitude are what the seed's heatmap-regression baseline tuned (alpha = 44 at sigma = 8 px):
+    # sigma as a factor of the planned one (whose floor is 2 voxels: 0.75x keeps 1.5), amplitude around the
+    # planned 10 up to beyond the seed's 44.
+    tunable: ClassVar[Dict[str, Tunable]] = {
+        "heatmap_weight": Tunable(0.05, 5.0, log=True),
+        "heatmap_sigma_mm": Tunable(0.75, 2.0, log=True, in_plan=True, relative=True),
+        "heatmap_amplitude": Tunable(2.0, 60.0, log=True, in_plan=True),
+    }
+    pruning_term: ClassVar[Optional[str]] = "poi_loss"  # the heatmap loss counted in peaks, before its weight
 
     @classmethod
     def supervises_heatmaps_deeply(cls, plan: PoiPlan) -> bool:

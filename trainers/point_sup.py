@@ -17,8 +17,9 @@ Prediction is nnU-Net's segmentation (``poi_predict -tr point_sup`` writes masks
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Dict, Optional
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from poi_nnunet.batch import PoiBatch
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.inference.segmentation_predictor import SegmentationPredictor
 from poi_nnunet.raw_dataset import DENSE_REFERENCE_FOLDER
+from poi_nnunet.tuning.space import Tunable
 
 from .base import PoiTrainer
 from .point_sup_loss import PointSupervisionLoss, PointSupOutput, PointSupWeights, full_resolution
@@ -39,6 +41,26 @@ class PoiPointSupTrainer(PoiTrainer):
 
     predictor_class = SegmentationPredictor
     loss_weights: PointSupWeights = PointSupWeights()
+    # poi_tune: fields of PointSupWeights, a decade either side of their defaults. The point term is the
+    # reference (weight 1), as nnU-Net's Dice+CE is for the other methods: scaling all four only scales the
+    # learning rate.
+    tunable: ClassVar[Dict[str, Tunable]] = {
+        "consistency": Tunable(0.1, 10.0, log=True),
+        "separation": Tunable(0.01, 1.0, log=True),
+        "extent": Tunable(0.1, 10.0, log=True),
+    }
+
+    @classmethod
+    def search_space(cls) -> Dict[str, Tunable]:
+        """The declared terms less those the class switches off (weight 0): tuning them would undo an ablation
+        variant (``point_sup_no_consistency`` stays without consistency)."""
+        return {k: v for k, v in cls.tunable.items() if getattr(cls.loss_weights, k) != 0}
+
+    def loss_weight(self, name: str) -> float:
+        return float(getattr(self.loss_weights, name))
+
+    def set_loss_weight(self, name: str, value: float) -> None:
+        self.loss_weights = replace(self.loss_weights, **{name: float(value)})
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -22,7 +22,7 @@ does not grow with the number of landmarks, and points that were never trained c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional
+from typing import ClassVar, Dict, Optional
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from poi_nnunet.heads import add_uv_head
 from poi_nnunet.inference.uv_predictor import UvPredictor
 from poi_nnunet.plan import PoiPlan
 from poi_nnunet.preprocessing.uv_files import load_uv_map, preprocessed_uv_file
+from poi_nnunet.tuning.space import Tunable
 
 from .base import PoiTrainer
 from .uv_loss import SegmentationAndUvLoss, slot_templates
@@ -61,6 +62,12 @@ class PoiUvTrainer(PoiTrainer):
     # relative to nnU-Net's segmentation loss, the seed's tuned ratios: 0.66 / 0.13 and 0.2 / 0.13
     uv_weight: float = 0.66 / 0.13
     tv_weight: float = 0.2 / 0.13
+    # poi_tune: a decade either side of the seed's ratios (5.1 and 1.5)
+    tunable: ClassVar[Dict[str, Tunable]] = {
+        "uv_weight": Tunable(0.5, 50.0, log=True),
+        "tv_weight": Tunable(0.15, 15.0, log=True),
+    }
+    pruning_term: ClassVar[Optional[str]] = "uv_lm"  # the landmark term, before its weight
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
