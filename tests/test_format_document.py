@@ -1,13 +1,14 @@
 """docs/format.md, the unified raw format written for users, stays true.
 
-* The example datasets in docs/format_example/ pass the validator that
-  ``poi_convert validate`` runs, and cover every part of the format.
+* The example datasets, as make_example.py writes them (the repository keeps their json; images are
+  generated, not tracked), pass the validator that ``poi_convert validate`` runs, and cover every part
+  of the format.
 * Every ```json block of format.md whose preceding line links an example file
   (``[...](format_example/<path>.json)``) equals that file; every other json
   block is valid JSON, and a points file among them passes the points syntax
   check. Every example json file is shown; every link resolves.
 * The ```python blocks of format.md run (from docs/) against the examples.
-* make_example.py rewrites exactly the committed example files.
+* make_example.py writes exactly the committed json files, and an image for every channel of each case.
 * Broken copies of the examples are rejected, naming the file and the point:
   one case per error the document promises.
 """
@@ -57,44 +58,60 @@ def _code_blocks(language: str) -> List[Tuple[int, Optional[str], str]]:
     return blocks
 
 
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example datasets as ``make_example.py`` writes them, images included (the repository keeps only
+    their json files: binary files are generated, not tracked), in ``<tmp>/format_example``."""
+    sys.dont_write_bytecode, before = True, sys.dont_write_bytecode  # no __pycache__ left in docs/
+    try:
+        spec = importlib.util.spec_from_file_location("make_example", EXAMPLES / "make_example.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = before
+    root = tmp_path_factory.mktemp("docs") / "format_example"
+    module.write_examples(root)
+    return root
+
+
 def _problems(path: Path) -> List[str]:
     return [str(p) for p in validate_raw_dataset(path, progress=False)]
 
 
 # ---------------------------------------------------------------------------- the examples are valid
 @pytest.mark.parametrize("name", DATASETS)
-def test_example_dataset_is_valid(name: str, capsys: pytest.CaptureFixture) -> None:
-    path = EXAMPLES / name
+def test_example_dataset_is_valid(name: str, capsys: pytest.CaptureFixture, examples: Path) -> None:
+    path = examples / name
     assert path.is_dir()
     assert _problems(path) == []
     assert convert_main(["validate", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
 
 
-def test_examples_cover_the_format() -> None:
+def test_examples_cover_the_format(examples: Path) -> None:
     """What format.md says the examples show, they show."""
-    assert sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name.startswith("Dataset")) == list(DATASETS)
-    metas = {n: json.loads((EXAMPLES / n / "dataset.json").read_text()) for n in DATASETS}
+    assert sorted(p.name for p in examples.iterdir() if p.is_dir() and p.name.startswith("Dataset")) == list(DATASETS)
+    metas = {n: json.loads((examples / n / "dataset.json").read_text()) for n in DATASETS}
     used_keys = set().union(*metas.values())
     for key in ("channel_names", "labels", "numTraining", "file_ending",
                 "pois", "poi_mirror_pairs", "structure_mirror_pairs", "poi_source"):
         assert key in used_keys, key
 
-    full = EXAMPLES / "Dataset999_Example"
+    full = examples / "Dataset999_Example"
     for folder in ("imagesTr", "labelsTr", "poisTr", "imagesTs", "labelsTs", "poisTs"):
         assert (full / folder).is_dir(), folder
     assert "noNorm" in metas["Dataset999_Example"]["channel_names"].values()
     missing_point = json.loads((full / "poisTr" / "spine_002.json").read_text())["points"]
     assert (2, 3) not in {(p["structure"], p["poi"]) for p in missing_point}
 
-    landmarks = EXAMPLES / "Dataset998_LandmarksOnly"
+    landmarks = examples / "Dataset998_LandmarksOnly"
     assert not (landmarks / "labelsTr").exists()
     assert metas["Dataset998_LandmarksOnly"]["labels"] == {"background": 0}
     points = json.loads((landmarks / "poisTr" / "hand_001.json").read_text())["points"]
     assert points and all(p["structure"] == 0 and len(p["position"]) == 2 for p in points)
     assert sitk.ReadImage(str(landmarks / "imagesTr" / "hand_001_0000.nii.gz")).GetDimension() == 2
 
-    sparse = EXAMPLES / "Dataset997_SparseLabels"
+    sparse = examples / "Dataset997_SparseLabels"
     labels = metas["Dataset997_SparseLabels"]["labels"]
     assert labels["ignore"] == max(labels.values())
     values, counts = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(sparse / "labelsTr" / "abdomen_001.nii.gz"))),
@@ -148,37 +165,33 @@ def test_links_resolve() -> None:
             assert (DOCS / target).exists(), f"format.md links to a missing file {target}"
 
 
-def test_python_blocks_run(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_blocks_run(monkeypatch: pytest.MonkeyPatch, examples: Path) -> None:
+    """The page's snippets, run where the page sits (paths relative to docs/), against the generated examples."""
     blocks = _code_blocks("python")
     assert blocks
-    monkeypatch.chdir(DOCS)
+    monkeypatch.chdir(examples.parent)
     for line, _, code in blocks:
         exec(compile(code, f"{DOCUMENT}:{line}", "exec"), {"__name__": "format_md"})
 
 
 # ---------------------------------------------------------------------------- the generator writes what is committed
-def test_make_example_reproduces_the_examples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no __pycache__ left in docs/
-    spec = importlib.util.spec_from_file_location("make_example", EXAMPLES / "make_example.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.write_examples(tmp_path)
+def test_make_example_writes_the_committed_json_and_the_images_it_describes(examples: Path) -> None:
+    """The repository keeps the examples' json (what the page shows); the script writes exactly those files
+    plus the images, one per channel of each case in dataset.json."""
+    def json_files(root: Path) -> List[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.json")
+                      if p.parts[len(root.parts)].startswith("Dataset"))
 
-    def files(root: Path) -> List[str]:
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                      if p.is_file() and p.parts[len(root.parts)].startswith("Dataset"))
-
-    assert files(tmp_path) == files(EXAMPLES)
-    for rel in files(EXAMPLES):
-        ours, committed = tmp_path / rel, EXAMPLES / rel
-        if rel.endswith(".json"):
-            assert ours.read_text() == committed.read_text(), rel
-            continue
-        a, b = sitk.ReadImage(str(ours)), sitk.ReadImage(str(committed))
-        assert a.GetPixelIDTypeAsString() == b.GetPixelIDTypeAsString(), rel
-        assert (a.GetSize(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()) == \
-               (b.GetSize(), b.GetSpacing(), b.GetOrigin(), b.GetDirection()), rel
-        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)), rel
+    assert json_files(examples) == json_files(EXAMPLES)
+    for rel in json_files(EXAMPLES):
+        assert (examples / rel).read_text() == (EXAMPLES / rel).read_text(), rel
+    for name in DATASETS:
+        channels = json.loads((EXAMPLES / name / "dataset.json").read_text())["channel_names"]
+        for points in (EXAMPLES / name).glob("pois*/*.json"):
+            split = points.parent.name[len("pois"):]
+            for channel in channels:
+                image = examples / name / f"images{split}" / f"{points.stem}_{int(channel):04d}.nii.gz"
+                assert image.is_file(), image
 
 
 # ---------------------------------------------------------------------------- broken examples are caught
@@ -253,9 +266,9 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("name", list(BROKEN))
-def test_validator_catches_a_broken_example(name: str, tmp_path: Path) -> None:
+def test_validator_catches_a_broken_example(name: str, tmp_path: Path, examples: Path) -> None:
     dataset, edit, file, words, point = BROKEN[name]
-    copy = shutil.copytree(EXAMPLES / dataset, tmp_path / dataset)
+    copy = shutil.copytree(examples / dataset, tmp_path / dataset)
     edit(copy)
     problems = validate_raw_dataset(copy, progress=False)
     hits = [p for p in problems if words in p.message]
@@ -265,9 +278,9 @@ def test_validator_catches_a_broken_example(name: str, tmp_path: Path) -> None:
         assert any(p.point and point in p.point for p in hits), [str(p) for p in hits]
 
 
-def test_the_image_extent_ends_half_a_voxel_past_the_edge_centres(tmp_path: Path) -> None:
+def test_the_image_extent_ends_half_a_voxel_past_the_edge_centres(tmp_path: Path, examples: Path) -> None:
     """format.md: voxel i spans i - 0.5 .. i + 0.5; a point on that border is inside, beyond it is not."""
-    copy = shutil.copytree(EXAMPLES / SPINE, tmp_path / SPINE)
+    copy = shutil.copytree(examples / SPINE, tmp_path / SPINE)
     image = sitk.ReadImage(str(copy / "imagesTr" / "spine_001_0000.nii.gz"))
     for index, valid in (((-0.5, 2.5, 5.5), True), ((7.5, 2.5, 5.5), True), ((-0.6, 2.5, 5.5), False),
                          ((3.5, 2.5, 7.6), False)):

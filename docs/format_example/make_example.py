@@ -3,9 +3,11 @@
 It uses SimpleITK and json only, so it doubles as a template for writing a
 dataset in the unified raw format without this project's converters. The
 images are 8x8x8 (8x8 for the 2D one) voxels, so the examples stay a few
-kilobytes. ``tests/test_format_document.py`` checks that the files in this
-folder are exactly what this script writes, that they pass
-``poi_convert validate``, and that docs/format.md shows their json verbatim.
+kilobytes. The repository keeps only the json files; the images are
+generated (binary files are not tracked). ``tests/test_format_document.py``
+writes the examples with this script, checks that its json is exactly what the
+folder holds, that the datasets pass ``poi_convert validate``, and that
+docs/format.md shows their json verbatim.
 """
 from __future__ import annotations
 
