@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from ..errors import PoiNnunetError
 
@@ -49,3 +49,13 @@ def resolve_device(requested: str) -> str:
     reason = "a CUDA GPU is available" if device == "cuda" else "no CUDA GPU found; -device cuda|mps forces one"
     print(f"device: {device} ({reason})", flush=True)
     return device
+
+
+def parse_fold(text: str) -> Union[int, str]:
+    """``-f``: one of nnU-Net's folds (an integer) or ``all``; anything else is a one-line error."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise PoiNnunetError(f"fold must be an integer or 'all', got {text!r}") from None

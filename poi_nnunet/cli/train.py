@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import PoiNnunetError
-from .common import add_device_argument, reports_user_errors, resolve_device
+from .common import add_device_argument, parse_fold, reports_user_errors, resolve_device
 
 DEFAULT_PLANS = "poiPlans"
 
@@ -49,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from ..trainer_factory import build_trainer, run_fold
 
-    fold = args.fold if args.fold == "all" else _int_fold(args.fold)
+    fold = parse_fold(args.fold)
     trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans,
                             resolve_device(args.device),
                             continue_training=args.continue_training, epochs=args.epochs,
@@ -60,13 +59,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if summary is not None:
         print(f"validation summary: {Path(trainer.output_folder) / 'validation' / 'evaluation' / 'summary.json'}")
     return 0
-
-
-def _int_fold(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise PoiNnunetError(f"fold must be an integer or 'all', got {text!r}") from None
 
 
 if __name__ == "__main__":

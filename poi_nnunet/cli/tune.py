@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import PoiNnunetError
-from .common import add_device_argument, reports_user_errors, resolve_device
+from .common import add_device_argument, parse_fold, reports_user_errors, resolve_device
 
 DEFAULT_PLANS = "poiPlans"
 DEFAULT_EPOCHS = 20
@@ -148,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = _context(args)
-    fold = args.fold if args.fold == "all" else _int(args.fold, "fold")
+    fold = parse_fold(args.fold)
     name = args.study_name or studies.study_name(args.trainer, args.plans, args.configuration, fold)
     url = args.storage or studies.default_storage(ctx.dataset_name, args.trainer, args.plans, args.configuration)
     storage = studies.open_storage(url, args.heartbeat)
@@ -286,13 +286,6 @@ def _remove_finished_trial_plans(study: Any, folder: Path, plans: str, study_slu
     for number, path in trial_plans_files(folder, plans, study_slug).items():
         if states.get(number) in ("COMPLETE", "PRUNED", "FAIL"):
             path.unlink(missing_ok=True)
-
-
-def _int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise PoiNnunetError(f"{what} must be an integer or 'all', got {text!r}") from None
 
 
 if __name__ == "__main__":
