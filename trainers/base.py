@@ -18,6 +18,11 @@ The base owns the typed plan (:class:`~poi_nnunet.plan.PoiPlan`), the channel la
 preprocessed points, mirror settings and pair swaps, the loaders and augmentation, one
 ``train_step`` and one ``validation_step`` (nnU-Net's, with the batch's points handed to the loss),
 and the end-of-training validation (predict the fold's validation cases and evaluate them).
+
+Distributed training (``poi_train -num_gpus N``, :mod:`poi_nnunet.distributed`) is nnU-Net's: each rank
+gets its share of the plans' batch, gradients are averaged by ``DistributedDataParallel``. The base adds
+CPU (gloo) ranks, which nnU-Net does not build, gathers the method's loss terms across ranks like nnU-Net
+gathers its loss, and validates on rank 0 alone (one writer per output folder).
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.batch import LossOutput, PoiBatch
@@ -64,6 +71,8 @@ class PoiTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type == "cpu":  # nnU-Net assumes one GPU per rank; gloo ranks stay on the CPU
+            self.device, self.grad_scaler = device, None
         self.poi_plan = PoiPlan.from_configuration(self.configuration_manager)
         self.apply_loss_weights(self.poi_plan.loss_weights)
         self.poi_layout = ChannelLayout.from_plan(self.poi_plan, dataset_json)
@@ -135,6 +144,26 @@ class PoiTrainer(nnUNetTrainer):
         return output[:, : self.num_segmentation_outputs]
 
     # ------------------------------------------------------------------ network and loss
+    def initialize(self) -> None:
+        """nnU-Net's, and on CPU ranks the DDP wrapper nnU-Net cannot build there.
+
+        nnU-Net wraps the network with ``device_ids=[rank]``, which DDP refuses for a CPU module: the
+        network, optimiser and loaders are built as for one process, then this rank's share of the batch
+        is set, the network wrapped without device ids, and the loss rebuilt with its Dice gathered
+        across ranks (``ddp=True``), as nnU-Net's GPU ranks have it.
+        """
+        if not (self.is_ddp and self.device.type == "cpu") or self.was_initialized:
+            super().initialize()
+            return
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()
+        self.network = DistributedDataParallel(self.network)
+        self.loss = self._build_loss()
+
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
@@ -245,25 +274,39 @@ class PoiTrainer(nnUNetTrainer):
             callback(self)
 
     def _log_terms(self, split: str, outputs: List[dict]) -> Dict[str, float]:
-        """Log the method's loss terms (beyond nnU-Net's ``loss``) averaged over the epoch; return the means
-        of ``loss`` and the terms (the progress line's losses)."""
+        """Log the method's loss terms (beyond nnU-Net's ``loss``) averaged over the epoch (over every rank's
+        steps under DDP); return the means of ``loss`` and the terms (the progress line's losses)."""
         names = [k for k in outputs[0] if k not in NNUNET_OUTPUT_KEYS] if outputs else []
-        means = {k: float(np.nanmean([o[k] for o in outputs])) for k in names}
+        values = {k: [float(np.asarray(o[k], dtype=np.float64)) for o in outputs] for k in ["loss", *names]
+                  if outputs and k in outputs[0]}
+        values = self._gathered(values)
+        means = {k: float(np.nanmean(values[k])) for k in names}
         if means:
             self.print_to_log_file(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
-        if outputs and "loss" in outputs[0]:
-            means = {"loss": float(np.nanmean([np.asarray(o["loss"], dtype=np.float64) for o in outputs])), **means}
+        if "loss" in values:
+            means = {"loss": float(np.nanmean(values["loss"])), **means}
         return means
+
+    def _gathered(self, values: Dict[str, List[float]]) -> Dict[str, List[float]]:
+        """Per-step values of every rank, concatenated by name (this rank's alone without DDP)."""
+        if not self.is_ddp:
+            return values
+        every: List[Optional[Dict[str, List[float]]]] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, values)
+        return {k: [v for rank in every for v in (rank or {}).get(k, [])] for k in values}
 
     # ------------------------------------------------------------------ end of training
     def perform_actual_validation(self, save_probabilities: bool = False) -> Optional[dict]:
         """Predict the fold's validation cases with the method's predictor, write them as poi_predict
         would, and evaluate them against :meth:`validation_reference` (the raw dataset's ``poisTr``,
-        cleaned points included: cleaning decides what is learnt, not what counts as truth)."""
+        cleaned points included: cleaning decides what is learnt, not what counts as truth). Under DDP rank 0
+        does it alone; the other ranks return None."""
         from poi_nnunet.evaluation import evaluate_folders
         from poi_nnunet.evaluation.report import format_table
         from poi_nnunet.raw_dataset import raw_root
 
+        if self.local_rank != 0:  # rank 0 predicts every case: one writer per output folder, no barrier to time out
+            return None
         self.set_deep_supervision_enabled(False)
         self.network.eval()
         _, val_keys = self.do_split()

@@ -40,24 +40,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", dest="validation_only", action="store_true",
                         help="skip training; predict and evaluate the validation cases with checkpoint_final")
     parser.add_argument("--no_validation", action="store_true", help="skip the final validation")
+    parser.add_argument("-num_gpus", type=int, default=1, metavar="N",
+                        help="train with N processes in PyTorch DDP, nnU-Net's multi-GPU path: one per GPU with "
+                        "-device cuda (NCCL; CUDA_VISIBLE_DEVICES picks them), N CPU processes with -device cpu "
+                        "(gloo: for testing, no faster than one process). The plans' batch size is split across "
+                        "the processes, so it must be at least N (default 1: one process)")
     return parser
 
 
 @reports_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..trainer_factory import build_trainer, run_fold
+    from ..distributed import FoldRequest, train_fold
 
-    fold = parse_fold(args.fold)
-    trainer = build_trainer(args.dataset, args.configuration, args.trainer, fold, args.plans,
-                            resolve_device(args.device),
-                            continue_training=args.continue_training, epochs=args.epochs,
-                            iterations_per_epoch=args.iterations_per_epoch)
-    summary = run_fold(trainer, continue_training=args.continue_training, validation_only=args.validation_only,
-                       validate=not args.no_validation)
+    request = FoldRequest(args.dataset, args.configuration, args.trainer, parse_fold(args.fold), args.plans,
+                          resolve_device(args.device), continue_training=args.continue_training, epochs=args.epochs,
+                          iterations_per_epoch=args.iterations_per_epoch, validation_only=args.validation_only,
+                          validate=not args.no_validation)
+    if args.num_gpus != 1:
+        return _train_distributed(request, args.num_gpus)
+    trainer, summary = train_fold(request)
     print(f"results: {trainer.output_folder}")
     if summary is not None:
         print(f"validation summary: {Path(trainer.output_folder) / 'validation' / 'evaluation' / 'summary.json'}")
+    return 0
+
+
+def _train_distributed(request, world_size: int) -> int:
+    """Check the request in this process (clear errors before anything is spawned), then train on
+    ``world_size`` ranks; the fold folder is the same as for one process."""
+    from ..distributed import build_fold_trainer, check_world_size, launch
+
+    probe = build_fold_trainer(request)  # reads the plans, names the output folder; builds no network
+    check_world_size(request, world_size, int(probe.configuration_manager.batch_size),
+                     bool(probe.configuration_manager.batch_dice))
+    print(f"training on {world_size} processes ({'GPUs' if request.device == 'cuda' else 'CPU, gloo'}), "
+          f"batch {probe.configuration_manager.batch_size} split across them")
+    launch(request, world_size)
+    folder = Path(probe.output_folder)
+    print(f"results: {folder}")
+    if (folder / "validation" / "evaluation" / "summary.json").is_file() and request.validate:
+        print(f"validation summary: {folder / 'validation' / 'evaluation' / 'summary.json'}")
     return 0
 
 
