@@ -163,6 +163,9 @@ def test_a_two_trial_study_completes_in_sqlite_with_two_objectives(env: Dict[str
         assert block["heatmap_sigma_mm"] == pytest.approx(trial.params["heatmap_sigma_mm"])
         assert block["heatmap_amplitude"] == pytest.approx(trial.params["heatmap_amplitude"])
         assert (fold / "validation" / "evaluation" / "summary.json").is_file()
+        # every point written (threshold 0), so the TRE is over all of them, however unsure the short run is
+        dropped = fold / "validation" / "dropped_points.json"
+        assert not dropped.is_file() or "below_min_confidence" not in dropped.read_text()
         assert not list(fold.glob("checkpoint_*.pth"))
     assert not list((env["nnUNet_preprocessed"] / DATASET).glob("poiPlans_tune_*.json"))
 

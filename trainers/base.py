@@ -84,6 +84,9 @@ class PoiTrainer(nnUNetTrainer):
         # called with the trainer after every epoch (nnU-Net's bookkeeping done): poi_tune's pruning reads the
         # epoch's validation there and may stop the run by raising
         self.epoch_end_callbacks: List[Callable[["PoiTrainer"], None]] = []
+        # the end-of-training validation's point threshold; None: the predictor's default, as poi_predict.
+        # poi_tune sets 0 so every point is written and TRE covers them all
+        self.validation_min_confidence: Optional[float] = None
 
     # ------------------------------------------------------------------ tunable loss weights
     @classmethod
@@ -311,7 +314,8 @@ class PoiTrainer(nnUNetTrainer):
         self.network.eval()
         _, val_keys = self.do_split()
         out_dir = Path(self.output_folder) / "validation"
-        predictor = self.predictor_class.from_trainer(self)
+        threshold = {} if self.validation_min_confidence is None else {"min_confidence": self.validation_min_confidence}
+        predictor = self.predictor_class.from_trainer(self, **threshold)
         predict_preprocessed_cases(predictor, self.preprocessed_dataset_folder, val_keys, out_dir)
         self.set_deep_supervision_enabled(True)
         reference = self.validation_reference(raw_root() / self.plans_manager.dataset_name)

@@ -3,9 +3,10 @@
 A method that writes points and a dataset with masks give two objectives (a Pareto front); a landmark-only
 dataset gives TRE alone, a masks-only method (``point_sup``) Dice alone. Both are read from the summary
 :meth:`trainers.base.PoiTrainer.perform_actual_validation` writes (``fold_F/validation/evaluation/summary.json``):
-``points.overall.tre_mm.mean`` (matched points only: the share found is kept beside it, since a model
-that finds few points can have a small TRE) and ``segmentation.mean_dice.mean`` or
-``segmentation.inverse_frequency_weighted_dice.mean``. A trial whose model matched no point at all (early in
+``points.overall.tre_mm.mean`` and ``segmentation.mean_dice.mean`` or
+``segmentation.inverse_frequency_weighted_dice.mean``. The trials' validation writes every point (``min_confidence`` 0, see
+:mod:`.trial`), so the TRE covers all of them: a model that dares only its few sure points cannot look good;
+the share matched is kept beside it. A trial whose model matched no point at all (early in
 a search, or with a bad sigma) has no mean TRE; it scores the planned crop's diagonal (whole-image mode: the
 field of view), the largest error a point in view can have, so that it ranks last on TRE but still counts
 (with its Dice) instead of failing.

@@ -111,6 +111,7 @@ class TrialRunner:
             with _quiet(not s.verbose):
                 trainer = build_trainer(s.dataset, s.configuration, s.trainer, s.fold, identifier, s.device,
                                         epochs=s.epochs, iterations_per_epoch=s.iterations_per_epoch)
+                trainer.validation_min_confidence = 0.0  # every point written: TRE over all of them
                 if self.prune:
                     trainer.epoch_end_callbacks.append(_pruning_callback(trial, self.objectives[0]))
                 return run_fold(trainer)
