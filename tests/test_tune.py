@@ -102,6 +102,8 @@ def test_every_poi_trainer_declares_a_search_space_of_real_names(env: Dict[str, 
                 assert key in {f.name for f in fields(cls.loss_weights)}, (name, key)
             else:
                 assert isinstance(getattr(cls, key), float), (name, key)  # a weight the loss is built from
+            if not tunable.in_plan:  # today's weight is a point of the space: trial 0 of a new study trains it
+                assert tunable.low <= cls.default_loss_weight(key) <= tunable.high, (name, key)
     assert set(trainer_search_space("heatmap")) == {"heatmap_weight", "heatmap_sigma_mm", "heatmap_amplitude"}
     assert set(trainer_search_space("uv")) == {"uv_weight", "tv_weight"}
     assert {"coarse_weight", "refine_weight", "heatmap_weight"} <= set(trainer_search_space("coarse_refine"))
@@ -149,6 +151,12 @@ def test_a_two_trial_study_completes_in_sqlite_with_two_objectives(env: Dict[str
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]  # TRE down, Dice up
     out = str(two_trial_study["stdout"])
     assert "trial 0 (1/2 done): TRE " in out and "trial 1 (2/2 done): TRE " in out and "| best TRE " in out
+    # trial 0 is what the trainer trains with today (heatmap's class weight 1, the planned sigma and amplitude)
+    block = json.loads((env["nnUNet_preprocessed"] / DATASET / "poiPlans.json").read_text())["configurations"]["2d"]["poi"]
+    first = min(complete, key=lambda t: t.number)
+    assert first.number == 0 and first.params == pytest.approx(
+        {"heatmap_weight": 1.0, "heatmap_sigma_mm": block["heatmap_sigma_mm"],
+         "heatmap_amplitude": block["heatmap_amplitude"]})
     assert "Pareto front of study heatmap__poiPlans__2d__fold0" in out
     report = env["nnUNet_results"] / DATASET / "poi_tune" / "heatmap_poiPlans_2d_fold0"
     assert (report / "pareto.png").stat().st_size > 0

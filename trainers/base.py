@@ -103,6 +103,11 @@ class PoiTrainer(nnUNetTrainer):
         """The current value of loss weight ``name`` (one of :meth:`weight_names`)."""
         return float(getattr(self, name))
 
+    @classmethod
+    def default_loss_weight(cls, name: str) -> float:
+        """The class's value of loss weight ``name``: what an instance has unless the plans set it."""
+        return float(getattr(cls, name))
+
     def set_loss_weight(self, name: str, value: float) -> None:
         """Set loss weight ``name`` on this instance (the class default stays for other trainers)."""
         setattr(self, name, float(value))

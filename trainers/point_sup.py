@@ -62,6 +62,10 @@ class PoiPointSupTrainer(PoiTrainer):
     def set_loss_weight(self, name: str, value: float) -> None:
         self.loss_weights = replace(self.loss_weights, **{name: float(value)})
 
+    @classmethod
+    def default_loss_weight(cls, name: str) -> float:
+        return float(getattr(cls.loss_weights, name))
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -170,6 +170,7 @@ def _run(args: argparse.Namespace, ctx: TuneContext, storage: Any, name: str, fo
     from ..tuning.objectives import TrialFailed, can_prune, study_objectives
     from ..tuning.plans import poi_block, slug
     from ..tuning.progress import TuneProgress
+    from ..tuning.space import starting_values
     from ..tuning.trial import TrialRunner, TrialSettings
 
     if args.trials < 1:
@@ -184,8 +185,10 @@ def _run(args: argparse.Namespace, ctx: TuneContext, storage: Any, name: str, fo
     attributes = {"trainer": args.trainer, "plans": args.plans, "configuration": args.configuration,
                   "fold": str(fold), "epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                   "search_space": _space_record(ctx.space)}
+    start = starting_values(ctx.space, ctx.planned, poi_block(ctx.plans, args.configuration).get("loss_weights") or {},
+                            ctx.trainer_cls.default_loss_weight)
     study = studies.create_or_load(storage, name, objectives, attributes, args.seed,
-                                   startup_trials=min(10, max(3, args.trials // 3)), pruner=pruner)
+                                   startup_trials=min(10, max(3, args.trials // 3)), pruner=pruner, start=start)
     study_slug = slug(name)
     results = Path(nnUNet_results.require()) / ctx.dataset_name
     _check_no_foreign_trials(study, results, args, study_slug)
@@ -194,6 +197,10 @@ def _run(args: argparse.Namespace, ctx: TuneContext, storage: Any, name: str, fo
 
     device = resolve_device(args.device)
     print(_run_header(args, ctx, study, storage.url, objectives, prune, fold), flush=True)
+    trials = study.get_trials(deepcopy=False)
+    if start and trials and trials[0].user_attrs.get("starting_point"):
+        print(f"trial {trials[0].number} is the trainer's current values (plans or defaults): "
+              + ", ".join(f"{k} {v:g}" for k, v in start.items()), flush=True)
 
     settings = TrialSettings(args.dataset, args.configuration, args.trainer, args.plans, fold, device, args.epochs,
                              args.iterations_per_epoch, name, study_slug, ctx.preprocessed,

@@ -69,3 +69,18 @@ def planned_values(space: Mapping[str, Tunable], block: Mapping[str, Any]) -> Di
                                      "poi_plan_and_preprocess")
             values[name] = float(block[name])
     return values
+
+
+def starting_values(space: Mapping[str, Tunable], planned: Mapping[str, float], plan_weights: Mapping[str, float],
+                    default_weight) -> Optional[Dict[str, float]]:
+    """The values a trainer trains with today, as one point of its search space: planned values for
+    ``in_plan`` names, the plans' ``loss_weights`` or else the class defaults (``default_weight(name)``) for
+    weights. ``None`` when one lies outside its range (it could not be a trial of this space)."""
+    values = {}
+    for name, tunable in space.items():
+        value = float(planned[name]) if tunable.in_plan else float(plan_weights.get(name, default_weight(name)))
+        low, high = tunable.bounds(planned.get(name))
+        if not low <= value <= high:
+            return None
+        values[name] = value
+    return values

@@ -84,9 +84,11 @@ def _retry_keyword() -> str:
 
 
 def create_or_load(storage, name: str, objectives: List[Objective], attributes: Mapping[str, Any],
-                   seed: Optional[int], startup_trials: int, pruner=None):
+                   seed: Optional[int], startup_trials: int, pruner=None,
+                   start: Optional[Mapping[str, float]] = None):
     """Open study ``name`` (creating it on first use) with a TPE sampler; a study run with other objectives or
-    another schedule is an error (its trials would not compare with this run's)."""
+    another schedule is an error (its trials would not compare with this run's). A new study gets ``start``
+    (the trainer's current values) queued as its first trial, so the front shows where the defaults stand."""
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
@@ -97,6 +99,8 @@ def create_or_load(storage, name: str, objectives: List[Objective], attributes: 
     if not recorded:
         for key, value in wanted.items():
             study.set_user_attr(key, value)
+        if start:
+            study.enqueue_trial(dict(start), user_attrs={"starting_point": True})
         return study
     differ = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
     if differ:
