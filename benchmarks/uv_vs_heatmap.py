@@ -38,11 +38,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
 import shutil
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +52,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.learning_speed import _point_errors, environment, model_folder, prepare, run  # noqa: E402
+from benchmarks.timed_training import RunSettings, add_run_arguments  # noqa: E402
 
 CONFIGURATION = "2d"
 TRAINERS = ("heatmap", "uv")
-PER_EPOCH = 25  # iterations per epoch (validation every epoch: PER_EPOCH // 5 steps)
 HOLDOUT_EVERY = 4
 
 
@@ -146,76 +144,6 @@ def held_out_keys(raw_dataset: Path) -> set:
 
 
 # ---------------------------------------------------------------- training
-@dataclass(frozen=True)
-class RunSettings:
-    """How trainings and predictions run: CPU runs use one thread and in-process augmentation; a GPU run
-    (``--device cuda``) takes nnU-Net's augmentation workers and its 250-iteration epochs."""
-
-    threads: int = 1
-    device: str = "cpu"
-    per_epoch: int = PER_EPOCH
-    da_workers: int = 0  # nnUNet_n_proc_DA of the training processes
-    train_seconds: Optional[float] = None  # stop a training at the first epoch end past this (None: never)
-
-
-class _TimeUp(Exception):
-    """Raised at an epoch end once a training has run past ``RunSettings.train_seconds``."""
-
-
-def train_timed(dataset: str, trainer_name: str, iterations: int, settings: RunSettings, stats: str) -> None:
-    """(In a child process) train ``iterations`` iterations; write step times and peak memory to ``stats``.
-
-    With ``settings.train_seconds`` the run ends at the first epoch end past that time and saves its final
-    checkpoint there (``stopped_early``; the poly learning rate has then not decayed to its end).
-    """
-    import torch
-
-    from poi_nnunet.trainer_factory import build_trainer, run_fold
-
-    torch.set_num_threads(settings.threads)
-    torch.manual_seed(0)
-    np.random.seed(0)
-    per_epoch = min(settings.per_epoch, iterations)
-    trainer = build_trainer(dataset, CONFIGURATION, trainer_name, "all", "poiPlans", device=settings.device,
-                            epochs=max(1, iterations // per_epoch), iterations_per_epoch=per_epoch)
-    steps: List[float] = []
-    base_step = trainer.train_step
-    cuda = settings.device == "cuda"
-
-    def timed_step(batch: dict) -> dict:
-        start = time.perf_counter()
-        out = base_step(batch)
-        if cuda:
-            torch.cuda.synchronize()
-        steps.append(time.perf_counter() - start)
-        return out
-
-    trainer.train_step = timed_step
-    start = time.perf_counter()
-    if settings.train_seconds is not None:
-        base_epoch_end = trainer.on_epoch_end
-
-        def on_epoch_end() -> None:
-            base_epoch_end()
-            if time.perf_counter() - start > settings.train_seconds and trainer.current_epoch < trainer.num_epochs:
-                raise _TimeUp
-
-        trainer.on_epoch_end = on_epoch_end
-    stopped_early = False
-    try:
-        run_fold(trainer, validate=False)
-    except _TimeUp:
-        stopped_early = True
-        trainer.on_train_end()  # nnU-Net's own end: checkpoint_final.pth, loaders shut down
-    wall = time.perf_counter() - start
-    done = len(steps)
-    Path(stats).write_text(json.dumps({
-        "iterations": done, "planned_iterations": trainer.num_epochs * trainer.num_iterations_per_epoch,
-        "stopped_early": stopped_early, "device": settings.device, "train_s": wall, "iteration_s": wall / done,
-        "step_s": float(np.median(steps)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else float("nan")}))
-
-
 def train(work: Path, phantom: Phantom, trainer: str, iterations: int, settings: RunSettings) -> Dict[str, float]:
     """Train (unless done) and return the run's ``train_stats.json``."""
     folder = model_folder(work, phantom, trainer)
@@ -224,7 +152,7 @@ def train(work: Path, phantom: Phantom, trainer: str, iterations: int, settings:
         env = environment(work, settings.threads)
         env["nnUNet_n_proc_DA"] = str(settings.da_workers)
         folder.mkdir(parents=True, exist_ok=True)
-        code = ("import sys; sys.argv=['x']; from benchmarks.uv_vs_heatmap import train_timed as t, RunSettings; "
+        code = ("import sys; sys.argv=['x']; from benchmarks.timed_training import train_timed as t, RunSettings; "
                 f"t({phantom.dataset!r}, {trainer!r}, {iterations}, {settings!r}, {str(stats)!r})")
         run([sys.executable, "-c", code], env, work / "logs" / f"{phantom.dataset}_{trainer}_train.log")
     return json.loads(stats.read_text())
@@ -501,14 +429,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=("side", "added", "scaling"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                        help="where trainings, predictions and the scaling scan run (default cpu)")
-    parser.add_argument("--per-epoch", type=int, default=PER_EPOCH,
-                        help=f"iterations per epoch (default {PER_EPOCH}; nnU-Net's own is 250)")
-    parser.add_argument("--da-workers", type=int, default=0,
-                        help="nnUNet_n_proc_DA of the trainings (default 0: augmentation in the training process)")
-    parser.add_argument("--train-seconds", type=float, default=None,
-                        help="end a training at the first epoch end past this many seconds (a time cap)")
+    add_run_arguments(parser, "trainings, predictions and the scaling scan")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     work = args.work.resolve()
