@@ -6,7 +6,10 @@ own process (peak memory is per process): ``initialize``, its data loaders, one 
 ``--steps`` timed steps. Reported per step: augmentation (``next(loader)``, nnU-Net's transforms plus
 the points) and forward + backward + optimiser step (``train_step``, which for the POI trainers
 includes rendering targets), and the peak memory: ``torch.cuda.max_memory_allocated`` on a GPU,
-else the process's peak RSS (``getrusage``) minus its RSS before the first batch.
+else the process's peak RSS (``getrusage``) minus its RSS before the warm-up step (network, optimiser
+and loaders built, no batch run). Measured from before the warm-up, not after it: the allocator may or
+may not hand the warm-up's freed memory back to the system, so an RSS taken after it swung the figure
+by more than a GB between runs of the same code.
 
     python benchmarks/train_step.py --work /tmp/cr_ablation --channels 20 100 500 --steps 5 [-device cuda] [--threads 1]
 
@@ -78,11 +81,11 @@ def timed_steps(t, steps: int, device: str) -> dict:
     t.initialize()
     dl_tr, _ = t.get_dataloaders()
     t.network.train()
+    before = _rss_kb()
     t.train_step(next(dl_tr))  # warm-up
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_kb()
     aug, step = [], []
     for _ in range(steps):
         a = time.perf_counter()
@@ -99,7 +102,7 @@ def timed_steps(t, steps: int, device: str) -> dict:
         kind = "cuda max_memory_allocated"
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-        kind = "peak RSS above pre-step RSS"
+        kind = "peak RSS above pre-warm-up RSS"
     return {"augmentation_s": float(np.median(aug)),
             "step_s": float(np.median(step)), "peak_mb": float(peak_mb), "memory": kind,
             "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -24,7 +24,7 @@ one torch thread; planning runs with nnU-Net's own settings):
    channels are replaced by N of the 720 (spread evenly over the bones; for ``uv`` the templates keep
    only those points), and ``heatmap`` and ``uv`` each run a few steps in their own process
    (:func:`benchmarks.train_step.timed_steps`): median augmentation and step seconds and peak RSS above
-   the pre-step RSS.
+   the RSS before the warm-up step.
 
 Runs resume: finished trainings (``checkpoint_final.pth`` with ``train_stats.json``), predictions
 (``done``) and scaling rows are not redone; scores are taken anew. First measure the step times

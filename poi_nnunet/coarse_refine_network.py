@@ -23,6 +23,17 @@ channels) and adds two heads:
   (the cascade keeps the two stages' responsibilities apart, as iterative
   refinement in detection transformers does).
 
+**Many POIs.** The refinement stage costs one patch (sampled, embedded by the
+CNN) and one attention token per refined POI, so in training it refines a
+random subset of ``refine_subset`` channels per sample
+(:meth:`CoarseRefineNetwork.refine_channels`), batched as ``(B, K)``: the
+channels the caller marks as preferred (the coordinate loss's valid targets)
+first, the rest drawn at random to fill the K slots. In eval mode (validation,
+inference) every channel is refined. The coarse stage stays on every channel:
+its spatial softmax is of the size of the heatmap logits the heatmap loss
+already holds, and the coarse loss scores every valid target; only the pooling
+of coarse features is restricted to the refined channels.
+
 ``forward(x)`` is exactly the nnU-Net network's forward (a tensor, or a list
 under deep supervision), so nnU-Net's sliding window, deep-supervision
 switch (:attr:`decoder`) and checkpoints work unchanged. ``forward(x,
@@ -59,10 +70,20 @@ class PointPrediction:
 
     output: Union[Tensor, List[Tensor]]  # the nnU-Net network's output (seg + heatmap channels)
     heatmaps: Tensor  # (B, C, *spatial) heatmap logits, float32
-    coarse: Tensor  # soft-argmax points
-    centres: Tensor  # where the refinement patches were taken (coarse, detached, jittered in training)
-    refined: Tensor  # centres + offset
-    features: Tensor  # (B, C, F) coarse features
+    coarse: Tensor  # soft-argmax points, every channel
+    centres: Tensor  # (B, K, D) where the refinement patches were taken (coarse, detached, jittered in training)
+    refined: Tensor  # (B, K, D) centres + offset
+    features: Tensor  # (B, K, F) coarse features of the refined channels
+    # (B, K) long: the channel of each refined point (K = refine_subset, in training only); None: every channel
+    # in order (K = C), as in eval mode
+    refined_channels: Optional[Tensor] = None
+
+    def refined_index(self) -> Tensor:
+        """``(B, K)`` channel of each refined point (``arange(C)`` per sample where every channel was refined)."""
+        if self.refined_channels is not None:
+            return self.refined_channels
+        b, c = self.refined.shape[:2]
+        return torch.arange(c, device=self.refined.device).expand(b, c)
 
 
 def extract_patches(volume: Tensor, centres: Tensor, size: Sequence[int]) -> Tensor:
@@ -143,14 +164,16 @@ class RefinementHead(nn.Module):
         nn.init.zeros_(self.offset.weight)  # start as the identity: refined = coarse
         nn.init.zeros_(self.offset.bias)
 
-    def forward(self, patch_source: Tensor, centres: Tensor, features: Tensor, structure: Tensor) -> Tensor:
-        """Offsets ``(B, C, D)`` for patches of ``patch_source`` ``(B, F, *spatial)`` around ``centres``."""
+    def forward(self, patch_source: Tensor, centres: Tensor, features: Tensor, structure: Tensor,
+                channels: Optional[Tensor] = None) -> Tensor:
+        """Offsets ``(B, K, D)`` for patches of ``patch_source`` ``(B, F, *spatial)`` around ``centres``
+        ``(B, K, D)``, the points of POI channels ``channels`` ``(B, K)`` (None: every channel in order)."""
         b, c, d = centres.shape
         patches = extract_patches(patch_source, centres, self.refine_patch_size)
         embedded = self.embed(patches.flatten(0, 1)).reshape(b, c, -1)
         spatial = torch.tensor(patch_source.shape[2:], dtype=centres.dtype, device=centres.device)
         position = fourier_encoding(2 * centres / (spatial - 1).clamp_min(1) - 1)
-        ids = self.poi_embedding.weight[None].expand(b, -1, -1)
+        ids = self.poi_embedding.weight[None].expand(b, -1, -1) if channels is None else self.poi_embedding(channels)
         index = torch.where((structure >= 0) & (structure < self.num_structures), structure,
                             torch.full_like(structure, self.num_structures))
         struct = self.structure_embedding(index)[:, None].expand(-1, c, -1)
@@ -164,7 +187,7 @@ class CoarseRefineNetwork(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_segmentation_outputs: int, num_channels: int, num_structures: int,
                  num_input_channels: int, refine_patch_size: Sequence[int], refine_on_features: bool = True,
-                 d_model: int = D_MODEL, refine_jitter_voxels: float = 0.0):
+                 d_model: int = D_MODEL, refine_jitter_voxels: float = 0.0, refine_subset: int = 0):
         super().__init__()
         self.backbone = backbone
         self.num_segmentation_outputs = int(num_segmentation_outputs)
@@ -176,6 +199,7 @@ class CoarseRefineNetwork(nn.Module):
         self.refiner = RefinementHead(num_channels, num_structures, patch_channels, feature_channels,
                                       refine_patch_size, d_model=d_model)
         self.refine_jitter_voxels = float(refine_jitter_voxels)  # std of the noise on patch centres while training
+        self.refine_subset = int(refine_subset)  # channels refined per sample while training (0: all)
         self._features: Optional[Tensor] = None
         self._feature_stage().register_forward_hook(self._keep_features)
 
@@ -195,20 +219,38 @@ class CoarseRefineNetwork(nn.Module):
     def _keep_features(self, module: nn.Module, inputs, output: Tensor) -> None:
         self._features = output
 
-    def forward(self, x: Tensor, structure: Optional[Tensor] = None):
-        """The backbone's output; with ``structure`` ``(B,)`` (centre layer indices) the :class:`PointPrediction`."""
+    def forward(self, x: Tensor, structure: Optional[Tensor] = None, refine_preferred: Optional[Tensor] = None):
+        """The backbone's output; with ``structure`` ``(B,)`` (centre layer indices) the :class:`PointPrediction`
+        (``refine_preferred``: see :meth:`forward_points`)."""
         if structure is None:
             return self.backbone(x)
-        return self.forward_points(x, structure)
+        return self.forward_points(x, structure, refine_preferred)
 
     # ------------------------------------------------------------------ points
     @property
     def beta(self) -> Tensor:
         return self.log_beta.exp()
 
-    def forward_points(self, x: Tensor, structure: Tensor) -> PointPrediction:
+    def refine_channels(self, batch: int, preferred: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+        """The ``(B, K)`` channels to refine (ascending per sample), or None for every channel: in training with
+        ``0 < refine_subset < C``, per sample the channels of ``preferred`` ``(B, C)`` bool first (a random
+        ``K`` of them where there are more), the remaining slots a random draw of the others; K is fixed, so
+        the step's cost does not depend on how many targets a sample has."""
+        k, c = self.refine_subset, self.num_channels
+        if not self.training or k <= 0 or k >= c:
+            return None
+        score = torch.rand(batch, c, device=device)  # in [0, 1): a random order within each group
+        if preferred is not None:
+            if tuple(preferred.shape) != (batch, c):
+                raise ValueError(f"refine_preferred must be (B={batch}, C={c}), got {tuple(preferred.shape)}")
+            score = score + preferred.to(device=device, dtype=score.dtype)
+        return score.topk(k, dim=1).indices.sort(dim=1).values
+
+    def forward_points(self, x: Tensor, structure: Tensor,
+                       refine_preferred: Optional[Tensor] = None) -> PointPrediction:
         """Network output, coarse and refined points for a batch of crops; ``structure`` ``(B,)`` is the
-        centre structure's layer index (-1: unknown)."""
+        centre structure's layer index (-1: unknown). In training, only :meth:`refine_channels` are refined
+        (``refine_preferred`` ``(B, C)`` bool: the channels to pick first, e.g. those with a target)."""
         self._features = None
         output = self.backbone(x)
         features = self._features
@@ -219,14 +261,19 @@ class CoarseRefineNetwork(nn.Module):
         heatmaps = full[:, self.num_segmentation_outputs:].float()
         probs = spatial_softmax(heatmaps, self.beta)
         coarse = expected_coordinates(probs)
+        channels = self.refine_channels(x.shape[0], refine_preferred, x.device)
+        chosen = coarse
+        if channels is not None:
+            rows = torch.arange(channels.shape[0], device=channels.device)[:, None]
+            probs, chosen = probs[rows, channels], coarse[rows, channels]
         pooled = pooled_features(features.float(), probs)
-        centres = coarse.detach()
+        centres = chosen.detach()
         if self.training and self.refine_jitter_voxels > 0:
             centres = centres + self.refine_jitter_voxels * torch.randn_like(centres)
         source = torch.cat([x.float(), features.float()], 1) if self.refine_on_features else x.float()
         structure = torch.as_tensor(structure, device=x.device).long().reshape(-1)
-        offset = self.refiner(source, centres, pooled, structure)
-        return PointPrediction(output, heatmaps, coarse, centres, centres + offset, pooled)
+        offset = self.refiner(source, centres, pooled, structure, channels)
+        return PointPrediction(output, heatmaps, coarse, centres, centres + offset, pooled, channels)
 
 
 def _output_channels(module: nn.Module) -> int:

@@ -15,6 +15,20 @@ Resolution: heatmaps, coarse points and refinement patches all live at the confi
 on patch-size crops; a separate low-resolution coarse pass is not built yet (the plans do not
 pretend one: they record no coarse spacing).
 
+Many POIs: a training step refines ``refine_subset`` channels per sample (the centre structure's valid
+targets first, random ones to fill), not all C, so its patch sampling, patch CNN and attention cost
+those of ``refine_subset`` POIs whatever C is (about 20-25 ms of one CPU thread per refined POI and
+sample, forward and backward, on ``benchmarks/train_step.py``'s spine); the coarse stage and its loss
+stay on every channel (cheap beside the heatmaps). Validation and inference refine every channel.
+What a smaller subset trades: (a) where a sample has more valid targets than ``refine_subset``, each
+is refined (and its refinement loss counted) in only a random share of the steps: fewer points per
+step teach the refinement, a noisier gradient that favours no POI (the draw is uniform among the valid
+ones, and the term is still a mean per refined valid point, so ``refine_weight`` means the same); (b) the attention sees
+``refine_subset`` POIs in a training step but all C at inference, so the smaller it is against C, the
+further the inference context (its size, every POI at once) lies from any the transformer was trained
+on. At or above the number of annotated POIs per structure (a) vanishes; at or above C both do and
+training is exactly as before. The default 64 is above the synthetic spine's 35 POIs per structure.
+
 Inference: :class:`~poi_nnunet.inference.coarse_refine.CoarseRefinePredictor`.
 """
 from __future__ import annotations
@@ -31,7 +45,7 @@ from poi_nnunet.plan import PoiPlan
 from poi_nnunet.tuning.space import Tunable
 
 from .coarse_refine_data import CentredPoiDataLoader
-from .coarse_refine_loss import CoarseRefineLoss
+from .coarse_refine_loss import CoarseRefineLoss, point_targets
 from .heatmap import PoiHeatmapTrainer
 
 
@@ -45,6 +59,9 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
     refine_weight: float = 0.02
     refine_jitter_voxels: float = 1.0  # std of the noise on refinement patch centres while training
     refine_on_features: bool = True  # refinement patches of image and last decoder features (False: image only)
+    # POI channels refined per sample in a training step (valid targets first; 0: all). The cost of the
+    # refinement stage grows with it, not with C; see the module docstring for what a smaller one trades.
+    refine_subset: int = 64
     # poi_tune: the heatmap trainer's weight and amplitude, and the two point terms (a decade either side of
     # their defaults). Not the sigma: the planned refinement patch is sized from it (3 sigma around a point).
     tunable: ClassVar[Dict[str, Tunable]] = {
@@ -66,7 +83,8 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
         return CoarseRefineNetwork(backbone, num_segmentation_outputs, plan.num_channels,
                                    max(int(num_segmentation_outputs), 1), num_input_channels, refine,
                                    refine_on_features=cls.refine_on_features,
-                                   refine_jitter_voxels=cls.refine_jitter_voxels)
+                                   refine_jitter_voxels=cls.refine_jitter_voxels,
+                                   refine_subset=cls.refine_subset)
 
     def _do_i_compile(self) -> bool:
         return False  # the point heads run data-dependent patch sampling; not worth a compiled graph
@@ -79,7 +97,8 @@ class PoiCoarseRefineTrainer(PoiHeatmapTrainer):
                                 per_channel, self.coarse_weight, self.refine_weight)
 
     def forward_network(self, data: torch.Tensor, batch: PoiBatch):
-        return self.network(data, batch.centre_layer)
+        """The points; in training the network refines a subset, preferring the channels the loss scores."""
+        return self.network(data, batch.centre_layer, point_targets(batch, self.poi_layout)[1])
 
     def segmentation_output(self, output):
         return super().segmentation_output(output.output)

@@ -14,7 +14,10 @@ Loss = nnU-Net's segmentation loss (where the dataset has labels)
 + ``coarse_weight`` x Wing(coarse - truth) + ``refine_weight`` x Wing(refined - truth), each the mean
   over the valid points, coordinates in mm: patch voxels times the sample's own patch spacing
   (``PoiBatch.patch_spacing_mm``: the configuration's spacing times the scaling augmentation's
-  factor, so a millimetre is a millimetre of the anatomy in every sample).
+  factor, so a millimetre is a millimetre of the anatomy in every sample). The refinement term counts
+  the channels the network refined (``PointPrediction.refined_channels``: in training a subset, the
+  valid targets first, see :mod:`poi_nnunet.coarse_refine_network`); still a mean per point, so its
+  weight means the same whatever the subset size.
 Every term is of order one. Unlike the heatmap trainer, whose points come from the heatmaps alone,
 here the coordinate losses train the points directly and the heatmap term only shapes the
 soft-argmax: summed over POIs (as the heatmap trainer does) it drowned the rest, and in the CPU
@@ -58,6 +61,24 @@ def centre_points(keypoints: Tensor, centre_layer: Tensor, layout: ChannelLayout
     return torch.where(unknown[:, None, None], torch.full_like(out, float("nan")), out)
 
 
+def point_targets(batch: PoiBatch, layout: ChannelLayout) -> Tuple[Tensor, Tensor]:
+    """``(B, C, D)`` centre-structure points (patch voxels, NaN zeroed) and the ``(B, C)`` mask of those
+    that are known and inside the patch (soft-argmax can only answer inside it)."""
+    points = centre_points(batch.keypoints, batch.centre_layer, layout)
+    inside = centre_points(batch.inside.float()[..., None], batch.centre_layer, layout)[..., 0]
+    valid = torch.isfinite(points).all(-1) & (torch.nan_to_num(inside) > 0.5)
+    return torch.nan_to_num(points), valid
+
+
+def refined_targets(output: PointPrediction, truth: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    """``truth`` ``(B, C, D)`` and ``valid`` ``(B, C)`` of the channels the network refined: ``(B, K, ...)``."""
+    if output.refined_channels is None:
+        return truth, valid
+    index = output.refined_channels.to(truth.device)
+    rows = torch.arange(index.shape[0], device=index.device)[:, None]
+    return truth[rows, index], valid[rows, index]
+
+
 class CoarseRefineLoss(SegmentationAndHeatmapLoss):
     """:class:`SegmentationAndHeatmapLoss` on the centre structure's heatmaps, plus Wing losses on the
     coarse and refined points in mm; ``output`` is the network's :class:`PointPrediction`."""
@@ -83,27 +104,25 @@ class CoarseRefineLoss(SegmentationAndHeatmapLoss):
             raise TypeError("coarse_refine loss: run the network as network(data, centre_layer) to get the points")
         result = super().forward(output.output, target, batch)
         truth, valid = self.point_targets(batch)
+        refined_truth, refined_valid = refined_targets(output, truth, valid)
         spacing = batch.patch_spacing_mm[:, None, :].to(output.coarse.dtype)
         coarse = masked_point_loss(output.coarse * spacing, truth * spacing, valid, "wing", self.wing)
-        refined = masked_point_loss(output.refined * spacing, truth * spacing, valid, "wing", self.wing)
+        refined = masked_point_loss(output.refined * spacing, refined_truth * spacing, refined_valid, "wing",
+                                    self.wing)
         result.total = result.total + self.coarse_weight * coarse + self.refine_weight * refined
         result.terms.update(coarse_loss=float(coarse.detach()), refine_loss=float(refined.detach()),
-                            **self.errors_mm(output, truth, valid, spacing))
+                            coarse_mm=self.error_mm(output.coarse, truth, valid, spacing),
+                            refined_mm=self.error_mm(output.refined, refined_truth, refined_valid, spacing))
         return result
 
     def point_targets(self, batch: PoiBatch) -> Tuple[Tensor, Tensor]:
-        """``(B, C, D)`` centre-structure points (patch voxels, NaN zeroed) and the ``(B, C)`` mask of those
-        that are known and inside the patch (soft-argmax can only answer inside it)."""
-        points = centre_points(batch.keypoints, batch.centre_layer, self.layout)
-        inside = centre_points(batch.inside.float()[..., None], batch.centre_layer, self.layout)[..., 0]
-        valid = torch.isfinite(points).all(-1) & (torch.nan_to_num(inside) > 0.5)
-        return torch.nan_to_num(points), valid
+        """:func:`point_targets` of this loss's layout."""
+        return point_targets(batch, self.layout)
 
     @staticmethod
     @torch.no_grad()
-    def errors_mm(output: PointPrediction, truth: Tensor, valid: Tensor, spacing: Tensor) -> dict:
-        """Mean Euclidean error (mm) of the valid points, coarse and refined (for the log)."""
+    def error_mm(points: Tensor, truth: Tensor, valid: Tensor, spacing: Tensor) -> float:
+        """Mean Euclidean error (mm) of the valid points (for the log; NaN where none is valid)."""
         if not bool(valid.any()):
-            return {"coarse_mm": float("nan"), "refined_mm": float("nan")}
-        return {name: float(((pred - truth) * spacing).norm(dim=-1)[valid].mean())
-                for name, pred in (("coarse_mm", output.coarse), ("refined_mm", output.refined))}
+            return float("nan")
+        return float(((points - truth) * spacing).norm(dim=-1)[valid].mean())
