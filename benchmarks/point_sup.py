@@ -101,11 +101,11 @@ class Budget:
 
 def prepare(work: Path, args: argparse.Namespace) -> Dict[str, object]:
     """Write the dense phantom, simulate its clicks and plan both (once); return the click annotation."""
-    from dataset_conversion.synthetic_spine import write_spine_dataset
-
     env = environment(work, 2)
     raw = work / "raw"
     if not (raw / DENSE / "dataset.json").is_file():
+        from dataset_conversion.synthetic_spine import write_spine_dataset  # only to write it (needs TPTBox)
+
         write_spine_dataset(raw / DENSE, num_cases=args.cases, num_test=args.test, seed=args.seed,
                             shape=tuple(args.shape), overwrite=True)
     if not (raw / SPARSE / "dataset.json").is_file():
