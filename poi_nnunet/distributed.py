@@ -3,8 +3,8 @@
 nnU-Net's own ``run_training`` spawns one process per GPU, joins them in an NCCL process group and builds
 the trainer by name in each. Here the same happens with the trainer built by :mod:`poi_nnunet.trainer_factory`
 (our classes, no name search), and the backend follows the device: NCCL on CUDA, gloo on the CPU. The CPU path
-is what the tests run (two processes on tiny data); it is correct but no faster than one process on one
-machine.
+is what the tests run (two processes on tiny data); on a CPU it can also be faster than one process with as
+many threads (``benchmarks/ddp_step.py``).
 
 Inside each process nnU-Net's trainer sees an initialised process group and splits the plans' batch size
 across the ranks, wraps the network in ``DistributedDataParallel`` (gradients averaged, weights identical on

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-num_gpus", type=int, default=1, metavar="N",
                         help="train with N processes in PyTorch DDP, nnU-Net's multi-GPU path: one per GPU with "
                         "-device cuda (NCCL; CUDA_VISIBLE_DEVICES picks them), N CPU processes with -device cpu "
-                        "(gloo: for testing, no faster than one process). The plans' batch size is split across "
+                        "(gloo). The plans' batch size is split across "
                         "the processes, so it must be at least N (default 1: one process)")
     return parser
 
