@@ -34,6 +34,7 @@ setup(
             "poi_predict=poi_nnunet.cli.predict:main",
             "poi_pseudo_masks=poi_nnunet.cli.pseudo_masks:main",
             "poi_tune=poi_nnunet.cli.tune:main",
+            "poi_augment=poi_nnunet.cli.augment:main",
         ],
     },
 )

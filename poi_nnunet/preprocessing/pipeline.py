@@ -3,7 +3,9 @@
 Order: validate the raw dataset (unless an unchanged, already validated
 fingerprint is reused), nnU-Net's fingerprint plus the POI fingerprint,
 cleaning, nnU-Net's planning with ``poi`` blocks, nnU-Net's preprocessing with
-POI files and uv maps. Everything is built in a staging folder and published at the end,
+POI files and uv maps. A ``splits_final.json`` that the raw dataset ships
+(``poi_augment`` writes one) is copied beside the plans when the preprocessed
+folder has none. Everything is built in a staging folder and published at the end,
 so a failure leaves the previous state (or nothing) behind, never a half.
 """
 from __future__ import annotations
@@ -24,6 +26,9 @@ DEFAULT_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
 # nnU-Net's defaults for -np per configuration
 DEFAULT_PROCESSES = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 CLEANING_REPORT = "poi_cleaning.json"
+# nnU-Net reads its cross-validation split from the preprocessed folder; a raw dataset may ship one
+# (poi_augment's keeps augmented samples in their sources' folds)
+SPLITS_FILE = "splits_final.json"
 SUPPORTED_READERS = ("SimpleITKIO", "NaturalImage2DIO")
 
 
@@ -69,6 +74,7 @@ def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAU
         for name in keep + [f"{plans_name}.json"]:  # nnU-Net keeps extra configurations of old plans
             if (target / name).is_file():
                 shutil.copy2(target / name, staging / name)
+        _stage_raw_splits(ds, staging, target)
         produced = _run_staged(ds, staging, stamp, reuse, processes if preprocess else {},
                                num_processes_fingerprint, gpu_memory_target, progress, planner_class, plans_name)
         publish(staging, target, produced)
@@ -144,7 +150,43 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         _copy_references(ds, staging / "gt_segmentations")
     gt = ["gt_segmentations"] if processes or landmark_only else []  # dataset.json's labels point there
     return data_folders + gt + ["dataset_fingerprint.json", "poi_fingerprint.json", CLEANING_REPORT,
-                                "dataset.json", "splits_final.json", f"{plans_name}.json"]
+                                "dataset.json", SPLITS_FILE, f"{plans_name}.json"]
+
+
+def _stage_raw_splits(ds: RawDataset, staging: Path, target: Path) -> None:
+    """Stage the raw dataset's ``splits_final.json`` for publishing, where it has one and the preprocessed
+    folder has none: nnU-Net only reads the preprocessed one. An existing preprocessed split (nnU-Net's or a
+    user's) is never overwritten; a different one is reported. The raw split must name training cases."""
+    source = ds.path / SPLITS_FILE
+    if not source.is_file():
+        return
+    raw = _read_splits(source, set(ds.case_ids("Tr")))
+    existing = target / SPLITS_FILE
+    if existing.exists():
+        try:
+            same = json.loads(existing.read_text(encoding="utf-8")) == raw
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            print(f"note: keeping {existing}; it differs from {source} (delete it to use the dataset's split)")
+        return
+    shutil.copy2(source, staging / SPLITS_FILE)
+    print(f"Split: {source} -> {existing} ({len(raw)} folds)")
+
+
+def _read_splits(path: Path, cases: set) -> List[Dict[str, List[str]]]:
+    """A ``splits_final.json``: a list of ``{"train": [...], "val": [...]}`` naming training cases only."""
+    try:
+        splits = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PoiNnunetError(f"{path}: not a readable JSON split ({exc})") from None
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and isinstance(s.get("train"), list)
+                                               and isinstance(s.get("val"), list) for s in splits):
+        raise PoiNnunetError(f"{path}: must be a list of {{\"train\": [...], \"val\": [...]}} (nnU-Net's format)")
+    unknown = sorted({c for s in splits for c in s["train"] + s["val"]} - cases)
+    if unknown:
+        raise PoiNnunetError(f"{path}: names {len(unknown)} case(s) that are not training cases, e.g. {unknown[:3]}")
+    return splits
 
 
 def _copy_references(ds: RawDataset, folder: Path) -> None:
