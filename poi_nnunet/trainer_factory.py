@@ -8,7 +8,7 @@ nnU-Net's.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -36,6 +36,22 @@ def preprocessed_dataset_folder(dataset: str) -> Path:
     return Path(nnUNet_preprocessed.require()) / name
 
 
+def read_plans(dataset: str, configuration: str, plans_identifier: str) -> Tuple[dict, dict]:
+    """The plans and dataset.json of a planned dataset, with clear errors for an unplanned dataset or
+    configuration."""
+    folder = preprocessed_dataset_folder(dataset)
+    hint = f"run poi_plan_and_preprocess -d {dataset} first"
+    plans = read_json(folder / f"{plans_identifier}.json", hint)
+    dataset_json = read_json(folder / "dataset.json", hint)
+    configurations = plans.get("configurations", {})
+    if configuration not in configurations:
+        raise PoiNnunetError(f"{folder / (plans_identifier + '.json')}: no configuration {configuration!r} "
+                             f"(planned: {', '.join(configurations)})")
+    if "poi" not in configurations[configuration] and "inherits_from" not in configurations[configuration]:
+        raise PoiNnunetError(f"configuration {configuration!r} has no 'poi' block: plan with poi_plan_and_preprocess")
+    return plans, dataset_json
+
+
 def build_trainer(dataset: str, configuration: str, trainer: str, fold: Union[int, str], plans_identifier: str,
                   device: str = "cuda", continue_training: bool = False, epochs: Optional[int] = None,
                   iterations_per_epoch: Optional[int] = None):
@@ -47,16 +63,7 @@ def build_trainer(dataset: str, configuration: str, trainer: str, fold: Union[in
     from trainers.registry import trainer_class
 
     cls = trainer_class(trainer)
-    folder = preprocessed_dataset_folder(dataset)
-    hint = f"run poi_plan_and_preprocess -d {dataset} first"
-    plans = read_json(folder / f"{plans_identifier}.json", hint)
-    dataset_json = read_json(folder / "dataset.json", hint)
-    configurations = plans.get("configurations", {})
-    if configuration not in configurations:
-        raise PoiNnunetError(f"{folder / (plans_identifier + '.json')}: no configuration {configuration!r} "
-                             f"(planned: {', '.join(configurations)})")
-    if "poi" not in configurations[configuration] and "inherits_from" not in configurations[configuration]:
-        raise PoiNnunetError(f"configuration {configuration!r} has no 'poi' block: plan with poi_plan_and_preprocess")
+    plans, dataset_json = read_plans(dataset, configuration, plans_identifier)
     if device == "cuda" and not torch.cuda.is_available():
         raise PoiNnunetError("-device cuda requested but no CUDA GPU is available; pass -device cpu")
     plans["continue_training"] = continue_training  # nnU-Net >= 2.8 reads (and removes) this key

@@ -69,20 +69,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _train_distributed(request, world_size: int) -> int:
     """Check the request in this process (clear errors before anything is spawned), then train on
     ``world_size`` ranks; the fold folder is the same as for one process."""
-    from ..distributed import build_fold_trainer, check_world_size, launch
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from trainers.registry import trainer_class
 
-    probe = build_fold_trainer(request)  # reads the plans, names the output folder; builds no network
-    check_world_size(request, world_size, int(probe.configuration_manager.batch_size),
-                     bool(probe.configuration_manager.batch_dice))
+    from ..distributed import check_world_size, launch
+    from ..trainer_factory import read_plans
+
+    cls = trainer_class(request.trainer)
+    plans, _ = read_plans(request.dataset, request.configuration, request.plans)
+    config = PlansManager(plans).get_configuration(request.configuration)
+    check_world_size(request, world_size, int(config.batch_size), bool(config.batch_dice))
     print(f"training on {world_size} processes ({'GPUs' if request.device == 'cuda' else 'CPU, gloo'}), "
-          f"batch {probe.configuration_manager.batch_size} split across them")
+          f"batch {config.batch_size} split across them", flush=True)
     launch(request, world_size)
-    folder = Path(probe.output_folder)
+    folder = Path(get_output_folder(plans["dataset_name"], cls.__name__, request.plans, request.configuration,
+                                    request.fold))
     print(f"results: {folder}")
-    if (folder / "validation" / "evaluation" / "summary.json").is_file() and request.validate:
+    if request.validate and (folder / "validation" / "evaluation" / "summary.json").is_file():
         print(f"validation summary: {folder / 'validation' / 'evaluation' / 'summary.json'}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
