@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.update({k: v for k, v in environment(work, os.cpu_count() or 1).items()
                        if k.startswith("nnUNet_") or k == "PYTHONPATH"})
     os.environ["nnUNet_n_proc_DA"] = str(args.da_workers)
-    from poi_nnunet.distributed import FoldRequest, build_fold_trainer, check_world_size, launch
+    from poi_nnunet.distributed import FoldRequest, check_request, launch
 
     request = FoldRequest(str(phantom.dataset_id), phantom.configuration, args.trainer, 0, "poiPlans", args.device)
     rows = []
@@ -106,9 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             torch.set_num_threads(os.cpu_count() or 1)
             rank_function(request)
         else:
-            probe = build_fold_trainer(request)
-            check_world_size(request, n, int(probe.configuration_manager.batch_size),
-                             bool(probe.configuration_manager.batch_dice))
+            check_request(request, n)
             launch(request, n, rank_function)
         rows.append(summarise(n, json.loads(out.read_text())))
         print(json.dumps(rows[-1]), flush=True)

@@ -102,6 +102,21 @@ def check_world_size(request: FoldRequest, world_size: int, global_batch_size: i
                              "batch size they divide")
 
 
+def check_request(request: FoldRequest, world_size: int):
+    """Read the request's plans (clear errors for an unplanned dataset or configuration) and refuse what
+    :func:`check_world_size` refuses; return nnU-Net's ``PlansManager``. Builds no trainer, so it leaves
+    nothing in the results folder."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from .trainer_factory import read_plans
+
+    plans, _ = read_plans(request.dataset, request.configuration, request.plans)
+    manager = PlansManager(plans)
+    config = manager.get_configuration(request.configuration)
+    check_world_size(request, world_size, int(config.batch_size), bool(config.batch_dice))
+    return manager
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now, for the processes' rendezvous on this machine."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

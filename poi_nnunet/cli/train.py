@@ -70,20 +70,17 @@ def _train_distributed(request, world_size: int) -> int:
     """Check the request in this process (clear errors before anything is spawned), then train on
     ``world_size`` ranks; the fold folder is the same as for one process."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from trainers.registry import trainer_class
 
-    from ..distributed import check_world_size, launch
-    from ..trainer_factory import read_plans
+    from ..distributed import check_request, launch
 
     cls = trainer_class(request.trainer)
-    plans, _ = read_plans(request.dataset, request.configuration, request.plans)
-    config = PlansManager(plans).get_configuration(request.configuration)
-    check_world_size(request, world_size, int(config.batch_size), bool(config.batch_dice))
+    plans = check_request(request, world_size)
+    batch = plans.get_configuration(request.configuration).batch_size
     print(f"training on {world_size} processes ({'GPUs' if request.device == 'cuda' else 'CPU, gloo'}), "
-          f"batch {config.batch_size} split across them", flush=True)
+          f"batch {batch} split across them", flush=True)
     launch(request, world_size)
-    folder = Path(get_output_folder(plans["dataset_name"], cls.__name__, request.plans, request.configuration,
+    folder = Path(get_output_folder(plans.dataset_name, cls.__name__, request.plans, request.configuration,
                                     request.fold))
     print(f"results: {folder}")
     if request.validate and (folder / "validation" / "evaluation" / "summary.json").is_file():
