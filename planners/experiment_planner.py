@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-from .poi_plan import poi_block
+from poi_nnunet.plan import COARSE_CONFIGURATION, FieldOfView
+
+from .fields_of_view import coarse_configuration
+from .poi_plan import crop_size_mm, crop_mode, fingerprint_axes, poi_block
 
 PLANS_IDENTIFIER = "poiPlans"
 
@@ -40,14 +44,54 @@ class PoiExperimentPlanner(ExperimentPlanner):
         self.poi_fingerprint = poi_fingerprint
         self.cleaning_thresholds = cleaning_thresholds or {}
         self.flagged = flagged or []
+        #: plans identifiers of the fields of view's models, saved beside the plans (see save_plans)
+        self.field_of_view_plans: List[str] = []
+
+    def _block(self, config: dict, transpose_forward, field_of_view: Optional[dict] = None) -> dict:
+        names = {str(k): str(v) for k, v in (self.dataset_json.get("pois") or {}).items()}
+        return poi_block(self.poi_fingerprint, config, transpose_forward, self.cleaning_thresholds, self.flagged,
+                         names, field_of_view)
 
     def save_plans(self, plans: dict) -> None:
-        """Add the ``poi`` block to each planned configuration, then save as nnU-Net does."""
-        names = {str(k): str(v) for k, v in (self.dataset_json.get("pois") or {}).items()}
+        """Add the ``poi`` block to each planned configuration, then save as nnU-Net does.
+
+        Where the ``3d_fullres`` block has fields of view (a long scan, :mod:`planners.fields_of_view`), the
+        plans also get the coarse pass's configuration ``3d_coarse``, and each field of view gets plans of
+        its own (``poiPlans_fov1``, ...): the ``3d_fullres`` configuration with that field of view's block,
+        reading the same preprocessed data.
+        """
         for config in plans["configurations"].values():
             if "spacing" in config:  # 3d_cascade_fullres only inherits from 3d_fullres
-                config["poi"] = poi_block(self.poi_fingerprint, config, plans["transpose_forward"],
-                                          self.cleaning_thresholds, self.flagged, names)
+                config["poi"] = self._block(config, plans["transpose_forward"])
+        fullres = plans["configurations"].get("3d_fullres")
+        fovs = (fullres or {}).get("poi", {}).get("fields_of_view") or []
+        if fovs:
+            summary = self.poi_fingerprint["summary"]
+            axes = fingerprint_axes(plans["transpose_forward"], 3, summary["dim"])
+            crop = crop_size_mm(self.poi_fingerprint, crop_mode(summary))[axes]
+            coarse = coarse_configuration(fullres, fullres["poi"]["coarse_spacing"], crop, self.plans_identifier)
+            coarse["poi"] = self._block(coarse, plans["transpose_forward"])
+            plans["configurations"][COARSE_CONFIGURATION] = coarse
+        self._save(plans)
+        main_identifier = self.plans_identifier
+        try:
+            for fov in fovs:
+                fov_plans = copy.deepcopy(plans)
+                config = fov_plans["configurations"]["3d_fullres"]
+                config["poi"] = self._block(config, plans["transpose_forward"], fov)
+                fov_plans["configurations"] = {"3d_fullres": config}
+                self.plans_identifier = fov_plans["plans_name"] = FieldOfView.from_block(fov).plans_name(main_identifier)
+                self._save(fov_plans)
+                self.field_of_view_plans.append(self.plans_identifier)
+        finally:
+            self.plans_identifier = main_identifier
+        if fovs:
+            print(f"Long scans: {len(fovs)} field(s) of view ({', '.join(f['name'] for f in fovs)}), a coarse pass "
+                  f"({COARSE_CONFIGURATION}) to place them, and plans per field of view "
+                  f"({', '.join(self.field_of_view_plans)})")
+
+    def _save(self, plans: dict) -> None:
+        """nnU-Net's ``save_plans``, without its line naming the staging folder."""
         said = io.StringIO()
         with contextlib.redirect_stdout(said):  # nnU-Net names the staging folder, gone once published
             super().save_plans(plans)

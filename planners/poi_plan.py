@@ -14,16 +14,17 @@ import numpy as np
 
 from nnunetv2.configuration import ANISO_THRESHOLD
 
-from poi_nnunet.plan import STRUCTURE_MODE, WHOLE_IMAGE
+from poi_nnunet.plan import COARSE_CONFIGURATION, STRUCTURE_MODE, WHOLE_IMAGE
 from poi_nnunet.shape_groups import rigid_groups
 from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 from poi_nnunet.uv.template import UvTemplate, UvTemplates
 
 from .cleaning import MIN_VOXEL_DIAGONALS
+from .fields_of_view import plan_fields_of_view
 
 # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates;
-# 6: heatmap_deep_supervision; 7: point_sup_extent_mm
-POI_BLOCK_VERSION = 7
+# 6: heatmap_deep_supervision; 7: point_sup_extent_mm; 8: fields_of_view (long scans)
+POI_BLOCK_VERSION = 8
 MAX_PRIOR_SPREAD_RATIO = 0.5  # median spread / RMS radius of the mean shape above which no prior is planned
 # structure-centred crops pay off when POI ids repeat on several structures of a case (vertebrae)
 SHARED_POI_FRACTION_FOR_STRUCTURE_MODE = 0.5
@@ -327,8 +328,12 @@ def heatmap_deep_supervision(summary: Dict[str, Any]) -> bool:
 
 
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
-              thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str]) -> Dict[str, Any]:
+              thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str],
+              field_of_view: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
+
+    ``field_of_view`` (one of a block's ``fields_of_view``): the block of that field of view's model instead:
+    its channels only, crops of its extent, and the field of view recorded as ``field_of_view``.
 
     Keys (vectors in the configuration's axes, see the module docstring):
 
@@ -355,6 +360,10 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
       structure qualifies (landmark-only data, a ``2d`` configuration of 3D data).
     * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far its structure reaches
       (:func:`point_sup_extent_mm`); absent for dense labels.
+    * ``fields_of_view``, ``coarse_configuration``, ``coarse_spacing``: where a 3D whole-image scan does not fit
+      the patch, its fields of view (:mod:`planners.fields_of_view`; each POI's margin is its heatmap support
+      plus one coarse voxel), the configuration of the whole-scan coarse pass that places them, and that
+      pass's spacing (the whole scan in one patch); absent otherwise.
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
     """
@@ -371,6 +380,14 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
     div = divisors(configuration["architecture"]["arch_kwargs"]["strides"], len(spacing))
     fraction = summary["poi_bearing_fraction"]
     channels = poi_channels(summary, mode, names)
+    fovs: List[Dict[str, Any]] = []
+    if field_of_view is not None:
+        wanted = {(int(c["structure"]), int(c["poi"])) for c in field_of_view["channels"]}
+        channels = [c for c in channels if (c["structure"], c["poi"]) in wanted]
+        crop = np.asarray(field_of_view["extent_mm"], float)
+    elif mode == WHOLE_IMAGE and len(axes) == 3:
+        shapes = _case_shapes(fingerprint, [(c["structure"], c["poi"]) for c in channels], axes, flagged_set)
+        fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + coarse)
     prior = shape_prior(fingerprint, mode, channels, axes, spacing, sigma, flagged_set)
     templates = uv_templates(fingerprint, mode, channels, axes, flagged_set)
     block = {
@@ -394,6 +411,10 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
                      "min_voxel_diagonals": MIN_VOXEL_DIAGONALS, "num_flagged": len(flagged),
                      "report": "poi_cleaning.json"},
     }
+    if fovs:
+        block.update(fields_of_view=fovs, coarse_configuration=COARSE_CONFIGURATION, coarse_spacing=_r(coarse))
+    if field_of_view is not None:
+        block["field_of_view"] = dict(field_of_view)
     if prior is not None:
         block["shape_prior"] = prior.to_block()
     if templates is not None:

@@ -30,7 +30,10 @@ In structure mode a sample is centred on one annotated structure (see
 :meth:`PoiDataLoader.crop_centre`), with a random shift of at most
 ``centre_shift_voxels`` (:func:`centre_shift_voxels`), so it shows that
 structure with its neighbours, as seed 000 trains on a vertebra with the one
-above and below.
+above and below. A field of view's model (whole-image mode, the plan's
+``field_of_view``) is centred the same way on the mean of the case's POIs of
+that field of view, the rule its predictor places the crop by (on their coarse
+estimates); the shift keeps the field of view's extent in the patch.
 """
 from __future__ import annotations
 
@@ -122,7 +125,9 @@ class PoiDataLoader(nnUNetDataLoader):
                          transforms=transforms)
         self.layout = layout
         self.slots = slots
-        self.structure_centred = structure_centred and layout.mode == STRUCTURE_MODE
+        # structure mode: crops centred on one structure's POIs; whole-image mode (a field of view's model, whose
+        # layout holds that field of view's channels only): on all of the case's POIs
+        self.structure_centred = bool(structure_centred)
         self._layer_labels = np.asarray(layout.layers)
         self.spacing = np.asarray(spacing, dtype=np.float64)
         final = np.asarray(final_patch_size, dtype=np.float64)

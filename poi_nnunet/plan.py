@@ -24,12 +24,35 @@ from .uv.template import UvTemplates
 STRUCTURE_MODE = "structure_with_neighbours"
 WHOLE_IMAGE = "whole_image"
 CROP_MODES = (STRUCTURE_MODE, WHOLE_IMAGE)
+# The configuration of the coarse pass over whole long scans (planned beside 3d_fullres where its block has
+# fields of view; planners.fields_of_view).
+COARSE_CONFIGURATION = "3d_coarse"
 
 # Values of version-1 blocks, which did not record them (the code then had them as constants).
 DEFAULT_HEATMAP_AMPLITUDE = 10.0
 DEFAULT_PEAK_SUPPORT_SIGMAS = 3.0
 DEFAULT_ELASTIC_MAGNITUDE_VOXELS = (1.5, 3.0)
 DEFAULT_ELASTIC_SCALE = (0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class FieldOfView:
+    """One field of view of a long scan (:mod:`planners.fields_of_view`): a group of POI channels that one
+    patch shows. ``extent_mm``: the box (configuration axes) a crop centred on the group's POIs must show."""
+
+    name: str
+    channels: Tuple[Tuple[int, int], ...]  # (structure, poi) of each channel
+    extent_mm: Tuple[float, ...]
+
+    def plans_name(self, plans_name: str) -> str:
+        """Plans identifier of this field of view's model (``poiPlans_fov1``, as ``poi_pseudo_masks`` names its
+        planes' plans): its results folder is nnU-Net's ``<trainer>__poiPlans_fov1__3d_fullres``."""
+        return f"{plans_name}_{self.name}"
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any]) -> "FieldOfView":
+        return cls(str(block["name"]), tuple((int(c["structure"]), int(c["poi"])) for c in block["channels"]),
+                   tuple(float(v) for v in block["extent_mm"]))
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,11 @@ class PoiPlan:
     * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far (mm) its structure
       reaches at most: the radius of point supervision's prior-extent term (:mod:`poi_nnunet.click_extent`);
       None for dense labels.
+    * ``fields_of_view``: the long scan's fields of view (:class:`FieldOfView`), each with a model of its own
+      trained under its own plans identifier; empty where the scans fit the patch. ``coarse_configuration``:
+      the configuration of the whole-scan coarse pass that places them in a new scan (None without them).
+    * ``field_of_view``: in the plans of one field of view's model, that field of view: its channels are the
+      block's ``poi_channels``, and training crops are centred on them (None otherwise).
     * ``loss_weights``: trainer loss weights by attribute name (``{"heatmap_weight": 0.3}``), written by
       ``poi_tune --apply``; the trainer sets each one it declares tunable and refuses any other name. Empty
       (the trainer's own defaults) for planned blocks.
@@ -85,6 +113,9 @@ class PoiPlan:
     uv_templates: Optional[UvTemplates] = None
     point_sup_extent_mm: Optional[Mapping[int, float]] = None
     loss_weights: Mapping[str, float] = field(default_factory=dict)
+    fields_of_view: Tuple[FieldOfView, ...] = ()
+    coarse_configuration: Optional[str] = None
+    field_of_view: Optional[FieldOfView] = None
 
     @property
     def num_channels(self) -> int:
@@ -99,6 +130,11 @@ class PoiPlan:
     @property
     def structure_mode(self) -> bool:
         return self.crop_mode == STRUCTURE_MODE
+
+    @property
+    def centred_crops(self) -> bool:
+        """Whether training crops are centred on POIs: one structure's (structure mode), or the field of view's."""
+        return self.structure_mode or self.field_of_view is not None
 
     @classmethod
     def from_block(cls, block: Optional[Mapping[str, Any]], where: str = "the plans") -> "PoiPlan":
@@ -127,6 +163,10 @@ class PoiPlan:
                 uv_templates=UvTemplates.from_block(block.get("uv_templates")),
                 point_sup_extent_mm=_extents(block.get("point_sup_extent_mm")),
                 loss_weights=_loss_weights(block.get("loss_weights"), where),
+                fields_of_view=tuple(FieldOfView.from_block(f) for f in block.get("fields_of_view") or ()),
+                coarse_configuration=block.get("coarse_configuration"),
+                field_of_view=(None if block.get("field_of_view") is None
+                               else FieldOfView.from_block(block["field_of_view"])),
             )
         except KeyError as exc:
             raise PoiNnunetError(f"{where}: the 'poi' block has no {exc.args[0]!r}; plan again with "

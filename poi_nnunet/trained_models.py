@@ -2,11 +2,14 @@
 to :mod:`poi_nnunet.inference`, which itself only takes trainer classes and never imports ``trainers``."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .errors import PoiNnunetError
+from .inference.fields_of_view import LongScanModels
 from .inference.model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, FoldLike, ModelFolder, find_model_folder, predictor_for
+from .plan import COARSE_CONFIGURATION, FieldOfView, PoiPlan
 
 
 def find_model(dataset: str, configuration: str, trainer: str, plans: str = DEFAULT_PLANS) -> ModelFolder:
@@ -26,3 +29,41 @@ def load_poi_model(dataset: str, configuration: str, trainer: str, folds: Option
     """
     model = find_model(dataset, configuration, trainer, plans)
     return predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs)
+
+
+def find_long_scan_models(dataset: str, configuration: str, trainer: str,
+                          plans: str = DEFAULT_PLANS) -> Optional[Tuple[ModelFolder, List[Tuple[FieldOfView, ModelFolder]]]]:
+    """The coarse pass and the field-of-view models of a long-scan dataset (:mod:`.inference.fields_of_view`), or
+    None where ``configuration`` has no fields of view or no coarse-pass model was trained (then the plain
+    ``configuration`` model is used). A field of view without a model is an error that names the command."""
+    from trainers.registry import trainer_class
+
+    if configuration != "3d_fullres":
+        return None
+    cls = trainer_class(trainer)
+    try:
+        coarse = find_model_folder(dataset, COARSE_CONFIGURATION, cls, plans)
+    except PoiNnunetError:
+        return None
+    fields = PoiPlan.from_block(coarse.plans["configurations"][configuration].get("poi"),
+                                f"{coarse.path / 'plans.json'}").fields_of_view
+    if not fields:
+        return None
+    models = []
+    for fov in fields:
+        try:
+            models.append((fov, find_model_folder(dataset, configuration, cls, fov.plans_name(plans))))
+        except PoiNnunetError:
+            raise PoiNnunetError(f"{coarse.path}: the coarse pass is trained, but field of view {fov.name} has no model; "
+                                 f"train it with `poi_train {dataset} {configuration} {trainer} --fov {fov.name}` "
+                                 "(or --fov all)") from None
+    return coarse, models
+
+
+def load_long_scan_models(coarse: ModelFolder, fields: Sequence[Tuple[FieldOfView, ModelFolder]],
+                          folds: Optional[Sequence[FoldLike]] = None, checkpoint_name: str = DEFAULT_CHECKPOINT,
+                          device: Union[str, torch.device] = "cuda", **predictor_kwargs: Any) -> LongScanModels:
+    """Ready predictors of the coarse pass and of every field of view, each with the same folds and options."""
+    return LongScanModels(predictor_for(coarse, folds, checkpoint_name, device, **predictor_kwargs),
+                          [(fov, predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs))
+                           for fov, model in fields])

@@ -390,7 +390,7 @@ class PoiTrainer(nnUNetTrainer):
         val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded, **labels)
         spacing = [float(s) for s in self.configuration_manager.spacing]
         common = dict(label_manager=self.label_manager, layout=self.poi_layout, slots=slots,
-                      structure_centred=self.poi_plan.structure_mode, spacing=spacing,
+                      structure_centred=self.poi_plan.centred_crops, spacing=spacing,
                       centre_shift=centre_shift_voxels(self.poi_plan, spacing, patch_size),
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, **self.loader_arguments())

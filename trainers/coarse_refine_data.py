@@ -21,6 +21,7 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
 from poi_nnunet.data_loader import CaseSlots, PoiDataLoader
+from poi_nnunet.plan import STRUCTURE_MODE
 
 
 def label_centroids(folder: str, case: str, labels: Sequence[int]) -> Dict[int, np.ndarray]:
@@ -43,7 +44,7 @@ class CentredPoiDataLoader(PoiDataLoader):
     def __init__(self, data, *args, **kwargs):
         super().__init__(data, *args, **kwargs)
         self._centroids: Dict[str, Dict[int, np.ndarray]] = {}
-        if self.structure_centred:
+        if self.structure_centred and self.layout.mode == STRUCTURE_MODE:  # a field of view has no label to centre on
             for key in data.identifiers:
                 self._centroids[key] = label_centroids(data.source_folder, key, self.layout.layers)
 

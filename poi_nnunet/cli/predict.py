@@ -93,6 +93,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..inference.run import predict_input_cases, provided_label_files
     from ..inference.writing import write_run_files
 
+    from ..trained_models import find_long_scan_models
+
+    long_scan = find_long_scan_models(args.d, args.c, args.tr, args.p)
+    if long_scan is not None:
+        return _predict_long_scans(args, long_scan, folds)
     model = find_model(args.d, args.c, args.tr, args.p)
     cases = list_input_cases(args.i, model.file_ending, model.num_input_channels)
     check_dimensionality(cases, args.c, model.configuration_axes, model.trained_on_2d_images)
@@ -115,6 +120,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_run_files(out, model.dataset_json, model.plans, arguments)
     done = predict_input_cases(predictor, cases, out, overwrite=args.overwrite, progress=not args.no_pbar,
                                labels_dir=args.labels)
+    print(f"predicted {len(done)} case(s) into {out}")
+    return 0
+
+
+def _predict_long_scans(args: argparse.Namespace, long_scan, folds) -> int:
+    """A long-scan dataset's coarse pass and field-of-view models (see the description of fields of view in
+    poi_nnunet.inference.fields_of_view), one merged output per case."""
+    from ..inference.fields_of_view import predict_long_scans
+    from ..inference.inputs import check_dimensionality, list_input_cases
+    from ..inference.writing import write_run_files
+    from ..trained_models import load_long_scan_models
+
+    for flag, value in (("--labels", args.labels), ("--add-points", args.add_points)):
+        if value is not None:
+            raise PoiNnunetError(f"{flag} is not supported for a model split into fields of view")
+    coarse, fields = long_scan
+    cases = list_input_cases(args.i, coarse.file_ending, coarse.num_input_channels)
+    check_dimensionality(cases, args.c, coarse.configuration_axes, coarse.trained_on_2d_images)
+    options = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
+    device = resolve_device(args.device)
+    models = load_long_scan_models(coarse, fields, folds, args.chk, device, use_mirroring=not args.disable_tta,
+                                   tile_step_size=args.step_size, **options)
+    print(f"coarse pass {coarse.path}; fields of view: "
+          + ", ".join(f"{fov.name} ({model.path.name})" for fov, model in fields)
+          + f"; folds {models.coarse.folds}; {len(cases)} case(s) in {args.i}")
+    arguments = {"input": args.i, "coarse_model": str(coarse.path),
+                 "field_of_view_models": {fov.name: str(model.path) for fov, model in fields},
+                 "folds": models.coarse.folds, "checkpoint": args.chk, "device": device,
+                 "tile_step_size": args.step_size, "use_mirroring": not args.disable_tta,
+                 "min_confidence": models.min_confidence}
+    out = Path(args.o)
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_files(out, coarse.dataset_json, coarse.plans, arguments)
+    done = predict_long_scans(models, cases, out, overwrite=args.overwrite, progress=not args.no_pbar)
     print(f"predicted {len(done)} case(s) into {out}")
     return 0
 

@@ -45,25 +45,70 @@ def build_parser() -> argparse.ArgumentParser:
                         "-device cuda (NCCL; CUDA_VISIBLE_DEVICES picks them), N CPU processes with -device cpu "
                         "(gloo). The plans' batch size is split across "
                         "the processes, so it must be at least N (default 1: one process)")
+    parser.add_argument("--fov", default=None, metavar="NAME",
+                        help="long scans split into fields of view by the planner (the plans' fields_of_view): train "
+                        "the model of field of view NAME (plans <plans>_NAME, e.g. poiPlans_fov1), 'coarse' for the "
+                        "whole-scan coarse pass that places them in a new scan (configuration 3d_coarse), or 'all' "
+                        "for the coarse pass and then every field of view, one after the other (poi_predict needs "
+                        "all of them)")
     return parser
 
 
 @reports_user_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..distributed import FoldRequest, train_fold
+    from ..distributed import FoldRequest
 
     request = FoldRequest(args.dataset, args.configuration, args.trainer, parse_fold(args.fold), args.plans,
                           resolve_device(args.device), continue_training=args.continue_training, epochs=args.epochs,
                           iterations_per_epoch=args.iterations_per_epoch, validation_only=args.validation_only,
                           validate=not args.no_validation)
-    if args.num_gpus != 1:
-        return _train_distributed(request, args.num_gpus)
+    requests = [request] if args.fov is None else field_of_view_requests(request, args.fov)
+    for one in requests:
+        if len(requests) > 1:
+            print(f"=== {one.configuration}, plans {one.plans} ===", flush=True)
+        if args.num_gpus != 1:
+            _train_distributed(one, args.num_gpus)
+        else:
+            _train(one)
+    return 0
+
+
+def field_of_view_requests(request, which: str) -> list:
+    """The trainings ``--fov which`` stands for: the coarse pass (``3d_coarse`` under the same plans) and/or a
+    field of view's model (the configuration under the plans ``<plans>_<name>``); an unknown name, or plans
+    without fields of view, is an error that lists what there is."""
+    from dataclasses import replace
+
+    from ..errors import PoiNnunetError
+    from ..plan import PoiPlan
+    from ..trainer_factory import read_plans
+
+    plans, _ = read_plans(request.dataset, request.configuration, request.plans)
+    plan = PoiPlan.from_block(plans["configurations"][request.configuration].get("poi"),
+                              f"{request.plans}.json ({request.configuration})")
+    if not plan.fields_of_view:
+        raise PoiNnunetError(f"--fov: the {request.configuration} configuration of {request.plans} has no fields of "
+                             "view (its scans fit the patch, or they are planned per structure); train without --fov")
+    coarse = replace(request, configuration=plan.coarse_configuration)
+    fields = {fov.name: replace(request, plans=fov.plans_name(request.plans)) for fov in plan.fields_of_view}
+    if which == "all":
+        return [coarse] + list(fields.values())
+    if which == "coarse":
+        return [coarse]
+    if which not in fields:
+        raise PoiNnunetError(f"--fov {which}: no such field of view in {request.plans} (there are: "
+                             f"{', '.join(fields)}; or 'coarse', 'all')")
+    return [fields[which]]
+
+
+def _train(request) -> None:
+    from ..distributed import train_fold
+
     trainer, summary = train_fold(request)
     print(f"results: {trainer.output_folder}")
     if summary is not None:
         print(f"validation summary: {Path(trainer.output_folder) / 'validation' / 'evaluation' / 'summary.json'}")
-    return 0
 
 
 def _train_distributed(request, world_size: int) -> int:

@@ -89,6 +89,21 @@ class CoarseRefinePredictor(PoiPredictor):
             self.set_case_space(None)
         return CasePrediction(seg_logits, heatmaps, points, segmentation)
 
+    def predict_field_of_view(self, data: Union[np.ndarray, torch.Tensor], space: PreprocessedSpace,
+                              centre: np.ndarray) -> DecodedPoints:
+        """The points of a field of view's model (:mod:`.fields_of_view`) from one patch-size crop centred on
+        ``centre`` (preprocessed voxels, 3 axes: where the coarse pass put the field of view), as its loader
+        centres training crops on the field of view's POIs; no segmentation pass."""
+        data = self.checked_input(data)
+        patch = np.asarray(self.configuration_manager.patch_size, dtype=float)
+        box = CropBox.centred_on(last_axes(np.asarray(centre, dtype=float), len(patch)), patch)
+        volume = data[:, 0].numpy() if len(patch) == 2 else data.numpy()
+        self.set_case_space(space)
+        try:
+            return self.tiled_points(volume, [(0, 0, box)])
+        finally:
+            self.set_case_space(None)
+
     def _one_hot(self, segmentation: np.ndarray) -> torch.Tensor:
         """A provided label map as nnU-Net-shaped 'logits', so the writers export it unchanged."""
         if self.label_manager.has_regions:

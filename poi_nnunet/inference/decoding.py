@@ -76,6 +76,7 @@ PEAK_TAKEN = "peak_taken"
 NO_PEAK_IN_STRUCTURE = "no_peak_in_structure"
 STRUCTURE_NOT_SEGMENTED = "structure_not_segmented"
 OUTSIDE_IMAGE = "outside_image"
+FIELD_OF_VIEW_NOT_FOUND = "field_of_view_not_found"  # a long scan's coarse pass found none of its POIs
 
 
 @dataclass(frozen=True)

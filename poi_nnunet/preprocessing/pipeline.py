@@ -91,6 +91,7 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from .preprocessor import PoiPreprocessor
+    from ..plan import COARSE_CONFIGURATION
 
     name = ds.path.name
     landmark_only = not ds.has_labels()
@@ -131,6 +132,8 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         point_preprocessor_at_labels(staging / "dataset.json", ds, name)
 
     manager = PlansManager(plans)
+    if COARSE_CONFIGURATION in manager.available_configurations and "3d_fullres" in processes:
+        processes = {**processes, COARSE_CONFIGURATION: processes["3d_fullres"]}  # long scans' coarse pass
     data_folders: List[str] = []
     for config, n in processes.items():
         if config not in manager.available_configurations:
@@ -150,7 +153,8 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
         _copy_references(ds, staging / "gt_segmentations")
     gt = ["gt_segmentations"] if processes or landmark_only else []  # dataset.json's labels point there
     return data_folders + gt + ["dataset_fingerprint.json", "poi_fingerprint.json", CLEANING_REPORT,
-                                "dataset.json", SPLITS_FILE, f"{plans_name}.json"]
+                                "dataset.json", SPLITS_FILE, f"{plans_name}.json"] + [
+                                    f"{p}.json" for p in getattr(planner, "field_of_view_plans", [])]
 
 
 def _stage_raw_splits(ds: RawDataset, staging: Path, target: Path) -> None:

@@ -1,0 +1,124 @@
+"""A long scan end to end: planned fields of view, ``poi_train --fov all``, and ``poi_predict`` merging every field
+of view's points (a field of view the coarse pass cannot find is reported, not fatal)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planners.experiment_planner import PoiExperimentPlanner
+from tests.factories import use_nnunet_folders
+
+DATASET = 623
+NAME = f"Dataset{DATASET}_LongLeg"
+PATCH_ALONG_SCAN = 48  # voxels (of 96 over the 800 mm leg)
+
+
+class ShortPatchPlanner(PoiExperimentPlanner):
+    """The planner with 3D patches at most :data:`PATCH_ALONG_SCAN` voxels along the scan (array axis 0): on a
+    phantom small enough for a test, nnU-Net's own patch shows the whole leg, and only a patch shorter than the
+    scan has fields of view."""
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
+                                    _cache):
+        if len(spacing) == 3:
+            median_shape = [min(float(median_shape[0]), PATCH_ALONG_SCAN), *median_shape[1:]]
+        return super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from dataset_conversion.synthetic_leg import write_leg_dataset
+    from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
+
+    base = tmp_path_factory.mktemp("long_scan")
+    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, path in env.items():
+            path.mkdir()
+            mp.setenv(key, str(path))
+        write_leg_dataset(env["nnUNet_raw"] / NAME, num_cases=5, num_test=1, shape=(96, 24, 24))
+        plan_and_preprocess(str(DATASET), configurations=["3d_fullres"], num_processes=[1],
+                            num_processes_fingerprint=1, progress=False, planner_class=ShortPatchPlanner)
+    return env
+
+
+def test_long_scan_plans_train_and_predict_merged(folders: dict, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from poi_nnunet.cli.predict import main as predict
+    from poi_nnunet.cli.train import main as train
+    from poi_nnunet.pois import read_poi_file
+
+    use_nnunet_folders(folders, monkeypatch)
+    pre = folders["nnUNet_preprocessed"] / NAME
+    plans = json.loads((pre / "poiPlans.json").read_text())
+    block = plans["configurations"]["3d_fullres"]["poi"]
+    fovs = block["fields_of_view"]
+    assert len(fovs) >= 2 and plans["configurations"]["3d_coarse"]["patch_size"] == \
+        plans["configurations"]["3d_fullres"]["patch_size"]
+    # every POI channel is in exactly one field of view, and the hip's (1-3) and the ankle's malleoli are apart
+    grouped = [(c["structure"], c["poi"]) for f in fovs for c in f["channels"]]
+    assert sorted(grouped) == sorted((c["structure"], c["poi"]) for c in block["poi_channels"])
+    fov_of = {c["poi"]: f["name"] for f in fovs for c in f["channels"]}
+    assert fov_of[1] == fov_of[2] == fov_of[3] and fov_of[1] != fov_of[14]
+    # the coarse pass's data and a plans file per field of view, on the 3d_fullres data
+    assert (pre / "poiPlans_3d_coarse").is_dir()
+    for fov in fovs:
+        fov_plans = json.loads((pre / f"poiPlans_{fov['name']}.json").read_text())
+        assert fov_plans["configurations"]["3d_fullres"]["data_identifier"] == "poiPlans_3d_fullres"
+
+    assert train([str(DATASET), "3d_fullres", "coarse_refine", "-f", "all", "-device", "cpu", "--epochs", "1",
+                  "--iterations_per_epoch", "1", "--fov", "all", "--no_validation"]) == 0
+    results = folders["nnUNet_results"] / NAME
+    trained = sorted(p.name for p in results.iterdir())
+    assert trained == sorted(["PoiCoarseRefineTrainer__poiPlans__3d_coarse"]
+                             + [f"PoiCoarseRefineTrainer__poiPlans_{f['name']}__3d_fullres" for f in fovs])
+
+    out = folders["nnUNet_results"].parent / "predicted"
+    images = folders["nnUNet_raw"] / NAME / "imagesTs"
+    assert predict(["-i", str(images), "-o", str(out), "-d", str(DATASET), "-c", "3d_fullres", "-tr",
+                    "coarse_refine", "-f", "all", "-device", "cpu", "--min_confidence", "0", "--disable_tta",
+                    "--no_pbar"]) == 0
+    case = sorted(images.glob("*_0000.nii.gz"))[0].name[: -len("_0000.nii.gz")]
+    written = read_poi_file(out / f"{case}.json")
+    # one file, every field of view's points in it (confidence 0 writes every point found inside the image)
+    assert {(p.structure, p.poi) for p in written.points} <= set(grouped)
+    assert {fov_of[p.poi] for p in written.points} == {f["name"] for f in fovs}
+    assert (out / f"{case}.nii.gz").is_file()
+    assert "fields of view" in capsys.readouterr().out
+
+
+def test_a_field_of_view_the_coarse_pass_misses_is_reported(folders: dict, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A coarse pass that finds nothing of one field of view (a scan cut off there): that field of view's points
+    are listed as not found, the others are written."""
+    from poi_nnunet.cli.predict import main as predict
+    from poi_nnunet.inference import coarse_refine
+
+    use_nnunet_folders(folders, monkeypatch)
+    if not (folders["nnUNet_results"] / NAME / "PoiCoarseRefineTrainer__poiPlans__3d_coarse").is_dir():
+        pytest.skip("needs the models of the test above")
+    plans = json.loads((folders["nnUNet_preprocessed"] / NAME / "poiPlans.json").read_text())
+    hidden = {c["poi"] for c in plans["configurations"]["3d_fullres"]["poi"]["fields_of_view"][0]["channels"]}
+    original = coarse_refine.CoarseRefinePredictor.tiled_points
+
+    def coarse_pass_blind_to_the_first(self, volume, crops):
+        points = original(self, volume, crops)
+        if self.poi_plan.field_of_view is None:  # the coarse pass (a field of view's model has its own)
+            return points.select(~np.isin(points.pois, list(hidden)))
+        return points
+
+    monkeypatch.setattr(coarse_refine.CoarseRefinePredictor, "tiled_points", coarse_pass_blind_to_the_first)
+    out = folders["nnUNet_results"].parent / "predicted_cut"
+    images = folders["nnUNet_raw"] / NAME / "imagesTs"
+    assert predict(["-i", str(images), "-o", str(out), "-d", str(DATASET), "-c", "3d_fullres", "-tr",
+                    "coarse_refine", "-f", "all", "-device", "cpu", "--min_confidence", "0", "--disable_tta",
+                    "--no_pbar"]) == 0
+    said = capsys.readouterr()
+    assert "warning" in said.out + said.err and "field of view not found" in said.out
+    dropped = json.loads((out / "dropped_points.json").read_text())["cases"]
+    reasons = {(d["poi"], d["reason"]) for points in dropped.values() for d in points}
+    assert {(p, "field_of_view_not_found") for p in hidden} <= reasons
