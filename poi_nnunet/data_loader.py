@@ -18,6 +18,8 @@ A batch gains three entries beside nnU-Net's ``data`` / ``target`` / ``keys``:
   centred on (structure mode; -1 where nnU-Net's own crop was taken), 0 in
   whole-image mode. A left-right flip that exchanges paired structures
   exchanges it too.
+* ``off_surface`` (int): how many of the batch's points the planner's cleaning rule masked after
+  augmentation (:mod:`.augmentation.surface_check`): their slots are NaN, so they are no target.
 * ``patch_spacing_mm`` ``(B, D)``: how long one patch voxel step is in mm along
   each patch axis, after the scaling augmentation (the configuration's
   spacing times the sampled scale).
@@ -38,7 +40,7 @@ estimates); the shift keeps the field of view's extent in the patch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,10 +48,14 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
 from .augmentation.keys import CENTRE_LAYER, KEYPOINTS, KEYPOINTS_VALID, PATCH_TO_SAMPLE, STRUCTURE_MAP
+from .augmentation.surface_check import off_surface
 from .channels import ChannelLayout
 from .geometry import CropBox, drop_slice_axis, inside_extent, last_axes, pad_axes
 from .plan import STRUCTURE_MODE, PoiPlan
 from .preprocessing import PreprocessedPois
+
+
+OFF_SURFACE = "off_surface"  # batch key: points the cleaning rule masked after augmentation
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,12 @@ class PoiDataLoader(nnUNetDataLoader):
                  layout: ChannelLayout, slots: Dict[str, CaseSlots], structure_centred: bool,
                  spacing: Sequence[float], centre_shift: Optional[Sequence[float]] = None,
                  oversample_foreground_percent: float = 0.0, transforms=None,
-                 probabilistic_oversampling: bool = False):
+                 probabilistic_oversampling: bool = False, surface_fences_mm: Optional[Mapping[int, float]] = None,
+                 min_voxel_diagonals: float = 1.1):
         """``spacing``: the configuration's (mm, per patch axis); ``centre_shift``: largest shift of a
-        structure-centred crop per axis in voxels (default: an eighth of the final patch)."""
+        structure-centred crop per axis in voxels (default: an eighth of the final patch);
+        ``surface_fences_mm`` / ``min_voxel_diagonals``: the planner's cleaning rule, applied to every
+        augmented sample (:mod:`.augmentation.surface_check`; None or empty: not applied)."""
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
                          oversample_foreground_percent=oversample_foreground_percent, sampling_probabilities=None,
                          pad_sides=None, probabilistic_oversampling=probabilistic_oversampling,
@@ -132,6 +141,11 @@ class PoiDataLoader(nnUNetDataLoader):
         self.spacing = np.asarray(spacing, dtype=np.float64)
         final = np.asarray(final_patch_size, dtype=np.float64)
         self.centre_shift = final / 8 if centre_shift is None else np.asarray(centre_shift, dtype=np.float64)
+        self.surface_fences_mm = dict(surface_fences_mm or {})
+        self.min_voxel_diagonals = float(min_voxel_diagonals)
+        keys = layout.slot_keys()
+        self._slot_structures = np.array([s for s, _ in keys], dtype=int)
+        self._slot_pois = np.array([p for _, p in keys], dtype=int)
 
     # ------------------------------------------------------------------ where to crop
     def crop_centre(self, key: str, case: CaseSlots, layer: int) -> np.ndarray:
@@ -168,6 +182,7 @@ class PoiDataLoader(nnUNetDataLoader):
         keys = self.get_indices()
         data_all = seg_all = None
         points_all, inside_all, valid_all, centre_all, spacing_all, maps_all = [], [], [], [], [], []
+        off_surface_count = 0
         with torch.no_grad(), threadpool_limits(limits=1, user_api=None):
             for j, key in enumerate(keys):
                 data, seg, seg_prev, properties = self._data.load_case(key)
@@ -206,19 +221,27 @@ class PoiDataLoader(nnUNetDataLoader):
                 else:
                     seg_all[j] = sample["segmentation"]
                 moved = sample[KEYPOINTS].to(torch.float32)
+                spacing_mm = patch_spacing_mm(self.spacing, sample.get(PATCH_TO_SAMPLE))
+                if self.surface_fences_mm:  # the planner's cleaning rule on the augmented sample
+                    off = off_surface(moved.numpy(), self._slot_structures, self._slot_pois,
+                                      full_res.reshape(full_res.shape[-moved.shape[1]:]).numpy(),
+                                      spacing_mm[-moved.shape[1]:], self.surface_fences_mm, self.min_voxel_diagonals)
+                    moved[torch.from_numpy(off)] = float("nan")
+                    off_surface_count += int(off.sum())
                 inside = sample[KEYPOINTS_VALID].numpy() & inside_extent(moved.numpy(), sample["image"].shape[1:])
                 points_all.append(moved)
                 inside_all.append(torch.from_numpy(inside))
                 valid_all.append(self.channel_valid(torch.isfinite(moved).all(1).numpy(), full_res))
                 centre_all.append(int(sample.get(CENTRE_LAYER, layer)))
-                spacing_all.append(patch_spacing_mm(self.spacing, sample.get(PATCH_TO_SAMPLE)))
+                spacing_all.append(spacing_mm)
                 if STRUCTURE_MAP in sample:
                     maps_all.append(sample[STRUCTURE_MAP].float())
         batch = {"data": data_all, "target": seg_all, "keys": keys,
                  "keypoints": torch.stack(points_all), "keypoints_inside": torch.stack(inside_all),
                  "channel_valid": torch.from_numpy(np.stack(valid_all)),
                  "centre_layer": torch.tensor(centre_all, dtype=torch.long),
-                 "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float()}
+                 "patch_spacing_mm": torch.from_numpy(np.stack(spacing_all)).float(),
+                 OFF_SURFACE: off_surface_count}
         if maps_all:
             batch[STRUCTURE_MAP] = torch.stack(maps_all)
         return batch

@@ -33,6 +33,7 @@ DEFAULT_HEATMAP_AMPLITUDE = 10.0
 DEFAULT_PEAK_SUPPORT_SIGMAS = 3.0
 DEFAULT_ELASTIC_MAGNITUDE_VOXELS = (1.5, 3.0)
 DEFAULT_ELASTIC_SCALE = (0.1, 0.2)
+DEFAULT_MIN_VOXEL_DIAGONALS = 1.1  # planners.cleaning's floor
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class PoiPlan:
     * ``point_sup_extent_mm``: per clicked class of a sparse-label dataset, how far (mm) its structure
       reaches at most: the radius of point supervision's prior-extent term (:mod:`poi_nnunet.click_extent`);
       None for dense labels.
+    * ``surface_fences_mm`` / ``min_voxel_diagonals``: the planner's cleaning rule (the block's ``cleaning``): per
+      POI id, how far from its structure's surface a point may lie, never below that many voxel diagonals;
+      the loaders apply it to augmented samples (:mod:`poi_nnunet.augmentation.surface_check`).
     * ``fields_of_view``: the long scan's fields of view (:class:`FieldOfView`), each with a model of its own
       trained under its own plans identifier; empty where the scans fit the patch. ``coarse_configuration``:
       the configuration of the whole-scan coarse pass that places them in a new scan (None without them).
@@ -113,6 +117,8 @@ class PoiPlan:
     uv_templates: Optional[UvTemplates] = None
     point_sup_extent_mm: Optional[Mapping[int, float]] = None
     loss_weights: Mapping[str, float] = field(default_factory=dict)
+    surface_fences_mm: Mapping[int, float] = field(default_factory=dict)
+    min_voxel_diagonals: float = DEFAULT_MIN_VOXEL_DIAGONALS
     fields_of_view: Tuple[FieldOfView, ...] = ()
     coarse_configuration: Optional[str] = None
     field_of_view: Optional[FieldOfView] = None
@@ -163,6 +169,10 @@ class PoiPlan:
                 uv_templates=UvTemplates.from_block(block.get("uv_templates")),
                 point_sup_extent_mm=_extents(block.get("point_sup_extent_mm")),
                 loss_weights=_loss_weights(block.get("loss_weights"), where),
+                surface_fences_mm={int(k): float(v) for k, v in
+                                   (block.get("cleaning") or {}).get("max_surface_distance_mm", {}).items()},
+                min_voxel_diagonals=float((block.get("cleaning") or {}).get("min_voxel_diagonals",
+                                                                            DEFAULT_MIN_VOXEL_DIAGONALS)),
                 fields_of_view=tuple(FieldOfView.from_block(f) for f in block.get("fields_of_view") or ()),
                 coarse_configuration=block.get("coarse_configuration"),
                 field_of_view=(None if block.get("field_of_view") is None

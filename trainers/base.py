@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from poi_nnunet.augmentation import get_point_aware_training_transforms
 from poi_nnunet.batch import LossOutput, PoiBatch
 from poi_nnunet.channels import ChannelLayout
-from poi_nnunet.data_loader import PoiDataLoader, case_slots, centre_shift_voxels
+from poi_nnunet.data_loader import OFF_SURFACE, PoiDataLoader, case_slots, centre_shift_voxels
 from poi_nnunet.errors import PoiNnunetError
 from poi_nnunet.inference import PoiPredictor, predict_preprocessed_cases
 from poi_nnunet.plan import PoiPlan
@@ -217,7 +217,8 @@ class PoiTrainer(nnUNetTrainer):
         loss = result.total.detach().cpu().numpy()
         if self.progress is not None:
             self.progress.step(float(loss))
-        return {"loss": loss, **result.terms}
+        # how many targets the cleaning rule masked after augmentation (logged per step, as the loss terms)
+        return {"loss": loss, **result.terms, "off_surface_targets": float(batch.get(OFF_SURFACE, 0))}
 
     @torch.no_grad()
     def validation_step(self, batch: dict) -> dict:
@@ -392,6 +393,8 @@ class PoiTrainer(nnUNetTrainer):
         common = dict(label_manager=self.label_manager, layout=self.poi_layout, slots=slots,
                       structure_centred=self.poi_plan.centred_crops, spacing=spacing,
                       centre_shift=centre_shift_voxels(self.poi_plan, spacing, patch_size),
+                      surface_fences_mm=self.poi_plan.surface_fences_mm,
+                      min_voxel_diagonals=self.poi_plan.min_voxel_diagonals,
                       oversample_foreground_percent=self.oversample_foreground_percent,
                       probabilistic_oversampling=self.probabilistic_oversampling, **self.loader_arguments())
         loader = self.data_loader_class
