@@ -3,30 +3,17 @@ of view's points (a field of view the coarse pass cannot find is reported, not f
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from planners.experiment_planner import PoiExperimentPlanner
+from benchmarks.leg_fields_of_view import capped_planner
 from tests.factories import use_nnunet_folders
 
 DATASET = 623
 NAME = f"Dataset{DATASET}_LongLeg"
-PATCH_ALONG_SCAN = 48  # voxels (of 96 over the 800 mm leg)
-
-
-class ShortPatchPlanner(PoiExperimentPlanner):
-    """The planner with 3D patches at most :data:`PATCH_ALONG_SCAN` voxels along the scan (array axis 0): on a
-    phantom small enough for a test, nnU-Net's own patch shows the whole leg, and only a patch shorter than the
-    scan has fields of view."""
-
-    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
-                                    _cache):
-        if len(spacing) == 3:
-            median_shape = [min(float(median_shape[0]), PATCH_ALONG_SCAN), *median_shape[1:]]
-        return super().get_plans_for_configuration(spacing, median_shape, data_identifier,
-                                                   approximate_n_voxels_dataset, _cache)
+# voxels of 96 over the 800 mm leg: on a phantom small enough for a test nnU-Net's own patch shows the whole leg,
+# and only a patch shorter than the scan has fields of view
+PATCH_ALONG_SCAN = 48
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +29,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
             mp.setenv(key, str(path))
         write_leg_dataset(env["nnUNet_raw"] / NAME, num_cases=5, num_test=1, shape=(96, 24, 24))
         plan_and_preprocess(str(DATASET), configurations=["3d_fullres"], num_processes=[1],
-                            num_processes_fingerprint=1, progress=False, planner_class=ShortPatchPlanner)
+                            num_processes_fingerprint=1, progress=False, planner_class=capped_planner(PATCH_ALONG_SCAN))
     return env
 
 

@@ -9,6 +9,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from poi_nnunet.errors import PoiNnunetError
 
 from .coarse_refine import PoiCoarseRefineTrainer
+from .coarse_refine_variants import COARSE_REFINE_VARIANTS
 from .heatmap import PoiHeatmapTrainer
 from .heatmap_variants import VARIANTS
 from .point_sup import PoiPointSupTrainer
@@ -28,9 +29,10 @@ TRAINERS: Dict[str, Type[nnUNetTrainer]] = {
 
 def trainer_class(name: str) -> Type[nnUNetTrainer]:
     """A trainer by short name (``heatmap``) or class name (``PoiHeatmapTrainer``); the heatmap trainer's
-    training variants under comparison (:data:`~trainers.heatmap_variants.VARIANTS`) and the point_sup loss
-    ablation (:data:`~trainers.point_sup_variants.POINT_SUP_VARIANTS`) too."""
-    every = {**TRAINERS, **VARIANTS, **POINT_SUP_VARIANTS}
+    training variants under comparison (:data:`~trainers.heatmap_variants.VARIANTS`), the point_sup loss
+    ablation (:data:`~trainers.point_sup_variants.POINT_SUP_VARIANTS`) and coarse_refine without elastic
+    deformation (:data:`~trainers.coarse_refine_variants.COARSE_REFINE_VARIANTS`) too."""
+    every = {**TRAINERS, **VARIANTS, **POINT_SUP_VARIANTS, **COARSE_REFINE_VARIANTS}
     if name in every:
         return every[name]
     for cls in every.values():
