@@ -47,10 +47,11 @@ class PoiExperimentPlanner(ExperimentPlanner):
         #: plans identifiers of the fields of view's models, saved beside the plans (see save_plans)
         self.field_of_view_plans: List[str] = []
 
-    def _block(self, config: dict, transpose_forward, field_of_view: Optional[dict] = None) -> dict:
+    def _block(self, config: dict, transpose_forward, field_of_view: Optional[dict] = None,
+               plan_fields: bool = False) -> dict:
         names = {str(k): str(v) for k, v in (self.dataset_json.get("pois") or {}).items()}
         return poi_block(self.poi_fingerprint, config, transpose_forward, self.cleaning_thresholds, self.flagged,
-                         names, field_of_view)
+                         names, field_of_view, plan_fields)
 
     def save_plans(self, plans: dict) -> None:
         """Add the ``poi`` block to each planned configuration, then save as nnU-Net does.
@@ -60,9 +61,9 @@ class PoiExperimentPlanner(ExperimentPlanner):
         its own (``poiPlans_fov1``, ...): the ``3d_fullres`` configuration with that field of view's block,
         reading the same preprocessed data.
         """
-        for config in plans["configurations"].values():
+        for name, config in plans["configurations"].items():
             if "spacing" in config:  # 3d_cascade_fullres only inherits from 3d_fullres
-                config["poi"] = self._block(config, plans["transpose_forward"])
+                config["poi"] = self._block(config, plans["transpose_forward"], plan_fields=name == "3d_fullres")
         fullres = plans["configurations"].get("3d_fullres")
         fovs = (fullres or {}).get("poi", {}).get("fields_of_view") or []
         if fovs:

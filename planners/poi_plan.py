@@ -329,9 +329,11 @@ def heatmap_deep_supervision(summary: Dict[str, Any]) -> bool:
 
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
               thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str],
-              field_of_view: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              field_of_view: Optional[Dict[str, Any]] = None, plan_fields: bool = False) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
 
+    ``plan_fields``: plan fields of view where the scans do not fit the patch (the planner asks for them in
+    ``3d_fullres`` only, the configuration whose models are trained per field of view).
     ``field_of_view`` (one of a block's ``fields_of_view``): the block of that field of view's model instead:
     its channels only, crops of its extent, and the field of view recorded as ``field_of_view``.
 
@@ -385,7 +387,7 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         wanted = {(int(c["structure"]), int(c["poi"])) for c in field_of_view["channels"]}
         channels = [c for c in channels if (c["structure"], c["poi"]) in wanted]
         crop = np.asarray(field_of_view["extent_mm"], float)
-    elif mode == WHOLE_IMAGE and len(axes) == 3:
+    elif plan_fields and mode == WHOLE_IMAGE and len(axes) == 3:
         shapes = _case_shapes(fingerprint, [(c["structure"], c["poi"]) for c in channels], axes, flagged_set)
         fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + coarse)
     prior = shape_prior(fingerprint, mode, channels, axes, spacing, sigma, flagged_set)

@@ -62,7 +62,8 @@ def test_groups_follow_the_scan_and_leave_the_shafts_out() -> None:
 def test_long_scan_block_has_fields_of_view_and_a_coarse_pass_and_each_field_its_own_block() -> None:
     fp = _fingerprint([_leg(i) for i in range(4)] + [_leg(4, knee=False)])
     config = _config([1.5, 1.5, 1.5], [128, 96, 96])  # 192 mm of a 900 mm scan
-    block = poi_block(fp, config, (0, 1, 2), {}, [], {})
+    assert "fields_of_view" not in poi_block(fp, config, (0, 1, 2), {}, [], {})  # not asked for (3d_lowres)
+    block = poi_block(fp, config, (0, 1, 2), {}, [], {}, plan_fields=True)
     assert block["coarse_configuration"] == COARSE_CONFIGURATION
     # the whole 900 mm at the coarse spacing in the 128-voxel patch: 900 / 128 mm along z
     np.testing.assert_allclose(block["coarse_spacing"], [900 / 128, 1.5625, 1.5625], rtol=1e-4)
@@ -77,7 +78,8 @@ def test_long_scan_block_has_fields_of_view_and_a_coarse_pass_and_each_field_its
     assert fov_plan.field_of_view == plan.fields_of_view[1] and fov_plan.centred_crops
     assert fov_block["crop_size_mm"] == knee["extent_mm"] and "fields_of_view" not in fov_block
     # a configuration whose patch shows the whole scan plans none
-    assert "fields_of_view" not in poi_block(fp, _config([8.0, 1.5, 1.5], [128, 112, 112]), (0, 1, 2), {}, [], {})
+    assert "fields_of_view" not in poi_block(fp, _config([8.0, 1.5, 1.5], [128, 112, 112]), (0, 1, 2), {}, [], {},
+                                             plan_fields=True)
 
 
 def test_a_field_of_view_crop_is_centred_on_its_pois() -> None:
@@ -146,7 +148,7 @@ def test_fov_option_names_what_there_is(monkeypatch: pytest.MonkeyPatch) -> None
     from poi_nnunet.errors import PoiNnunetError
 
     fp = _fingerprint([_leg(i) for i in range(4)])
-    block = poi_block(fp, _config([1.5, 1.5, 1.5], [128, 96, 96]), (0, 1, 2), {}, [], {})
+    block = poi_block(fp, _config([1.5, 1.5, 1.5], [128, 96, 96]), (0, 1, 2), {}, [], {}, plan_fields=True)
     plans = {"configurations": {"3d_fullres": {"poi": block}}}
     monkeypatch.setattr("poi_nnunet.trainer_factory.read_plans", lambda *a: (plans, {}))
     request = FoldRequest("600", "3d_fullres", "coarse_refine", 0, "poiPlans", "cpu")
