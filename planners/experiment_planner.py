@@ -61,6 +61,7 @@ class PoiExperimentPlanner(ExperimentPlanner):
         its own (``poiPlans_fov1``, ...): the ``3d_fullres`` configuration with that field of view's block,
         reading the same preprocessed data.
         """
+        self.field_of_view_plans = []
         for name, config in plans["configurations"].items():
             if "spacing" in config:  # 3d_cascade_fullres only inherits from 3d_fullres
                 config["poi"] = self._block(config, plans["transpose_forward"], plan_fields=name == "3d_fullres")
@@ -74,6 +75,8 @@ class PoiExperimentPlanner(ExperimentPlanner):
             coarse["poi"] = self._block(coarse, plans["transpose_forward"])
             plans["configurations"][COARSE_CONFIGURATION] = coarse
         self._save(plans)
+        if not fovs:
+            self._drop_stale_coarse_pass()
         main_identifier = self.plans_identifier
         try:
             for fov in fovs:
@@ -90,6 +93,17 @@ class PoiExperimentPlanner(ExperimentPlanner):
             print(f"Long scans: {len(fovs)} field(s) of view ({', '.join(f['name'] for f in fovs)}), a coarse pass "
                   f"({COARSE_CONFIGURATION}) to place them, and plans per field of view "
                   f"({', '.join(self.field_of_view_plans)})")
+
+    def _drop_stale_coarse_pass(self) -> None:
+        """nnU-Net keeps configurations of the plans file it replaces; a coarse pass planned before (the scans
+        did not fit the patch then) would survive a re-plan that has no fields of view, and be preprocessed."""
+        from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
+        from nnunetv2.paths import nnUNet_preprocessed
+
+        path = join(nnUNet_preprocessed, self.dataset_name, self.plans_identifier + ".json")  # as nnU-Net saves it
+        saved = load_json(path)
+        if saved["configurations"].pop(COARSE_CONFIGURATION, None) is not None:
+            save_json(saved, path, sort_keys=False)
 
     def _save(self, plans: dict) -> None:
         """nnU-Net's ``save_plans``, without its line naming the staging folder."""

@@ -33,9 +33,10 @@ In structure mode a sample is centred on one annotated structure (see
 ``centre_shift_voxels`` (:func:`centre_shift_voxels`), so it shows that
 structure with its neighbours, as seed 000 trains on a vertebra with the one
 above and below. A field of view's model (whole-image mode, the plan's
-``field_of_view``) is centred the same way on the mean of the case's POIs of
-that field of view, the rule its predictor places the crop by (on their coarse
-estimates); the shift keeps the field of view's extent in the patch.
+``field_of_view``) is centred the same way on the middle of the box of the
+case's POIs of that field of view, the rule its predictor places the crop by
+(on their coarse estimates); the shift is bounded by the slack the field of
+view's planned extent leaves in the patch, but is at least a sixteenth of it.
 """
 from __future__ import annotations
 
@@ -141,7 +142,9 @@ class PoiDataLoader(nnUNetDataLoader):
         self.spacing = np.asarray(spacing, dtype=np.float64)
         final = np.asarray(final_patch_size, dtype=np.float64)
         self.centre_shift = final / 8 if centre_shift is None else np.asarray(centre_shift, dtype=np.float64)
-        self.surface_fences_mm = dict(surface_fences_mm or {})
+        # the cleaning rule needs a 3D patch of instance labels (see augmentation.surface_check)
+        judged = len(final_patch_size) == 3 and not self.patch_size_was_2d and not label_manager.has_regions
+        self.surface_fences_mm = dict(surface_fences_mm or {}) if judged else {}
         self.min_voxel_diagonals = float(min_voxel_diagonals)
         keys = layout.slot_keys()
         self._slot_structures = np.array([s for s, _ in keys], dtype=int)
@@ -149,9 +152,14 @@ class PoiDataLoader(nnUNetDataLoader):
 
     # ------------------------------------------------------------------ where to crop
     def crop_centre(self, key: str, case: CaseSlots, layer: int) -> np.ndarray:
-        """Centre (preprocessed voxels, 3 axes) of a crop on structure ``layer``: its annotated POIs' mean."""
+        """Centre (preprocessed voxels, 3 axes) of a crop on structure ``layer``: its annotated POIs' mean; in
+        whole-image mode (a field of view's model) the middle of their box, the centre the field of view was
+        planned to fit around (:func:`poi_nnunet.inference.fields_of_view.field_of_view_centre` places it so)."""
         usable = case.usable.reshape(self.layout.num_layers, self.layout.num_channels)[layer]
-        return case.positions.reshape(self.layout.num_layers, self.layout.num_channels, 3)[layer][usable].mean(axis=0)
+        points = case.positions.reshape(self.layout.num_layers, self.layout.num_channels, 3)[layer][usable]
+        if self.layout.mode != STRUCTURE_MODE:
+            return (points.min(axis=0) + points.max(axis=0)) / 2
+        return points.mean(axis=0)
 
     def structure_centred_bbox(self, key: str, shape: Sequence[int], case: CaseSlots) -> Tuple[int, Optional[CropBox]]:
         """A random annotated structure's layer and a crop centred on it (``(-1, None)`` when there is none).
@@ -223,9 +231,8 @@ class PoiDataLoader(nnUNetDataLoader):
                 moved = sample[KEYPOINTS].to(torch.float32)
                 spacing_mm = patch_spacing_mm(self.spacing, sample.get(PATCH_TO_SAMPLE))
                 if self.surface_fences_mm:  # the planner's cleaning rule on the augmented sample
-                    off = off_surface(moved.numpy(), self._slot_structures, self._slot_pois,
-                                      full_res.reshape(full_res.shape[-moved.shape[1]:]).numpy(),
-                                      spacing_mm[-moved.shape[1]:], self.surface_fences_mm, self.min_voxel_diagonals)
+                    off = off_surface(moved.numpy(), self._slot_structures, self._slot_pois, full_res[0].numpy(),
+                                      spacing_mm, self.surface_fences_mm, self.min_voxel_diagonals)
                     moved[torch.from_numpy(off)] = float("nan")
                     off_surface_count += int(off.sum())
                 inside = sample[KEYPOINTS_VALID].numpy() & inside_extent(moved.numpy(), sample["image"].shape[1:])

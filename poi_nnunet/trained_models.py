@@ -7,6 +7,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import PoiNnunetError
+from .inference.decoding import MIN_CONFIDENCE
 from .inference.fields_of_view import LongScanModels
 from .inference.model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, FoldLike, ModelFolder, find_model_folder, predictor_for
 from .plan import COARSE_CONFIGURATION, FieldOfView, PoiPlan
@@ -41,6 +42,8 @@ def find_long_scan_models(dataset: str, configuration: str, trainer: str,
     if configuration != "3d_fullres":
         return None
     cls = trainer_class(trainer)
+    if not hasattr(getattr(cls, "predictor_class", None), "predict_field_of_view"):
+        return None  # only coarse_refine trains per field of view (poi_train --fov refuses the others)
     try:
         coarse = find_model_folder(dataset, COARSE_CONFIGURATION, cls, plans)
     except PoiNnunetError:
@@ -63,7 +66,10 @@ def find_long_scan_models(dataset: str, configuration: str, trainer: str,
 def load_long_scan_models(coarse: ModelFolder, fields: Sequence[Tuple[FieldOfView, ModelFolder]],
                           folds: Optional[Sequence[FoldLike]] = None, checkpoint_name: str = DEFAULT_CHECKPOINT,
                           device: Union[str, torch.device] = "cuda", **predictor_kwargs: Any) -> LongScanModels:
-    """Ready predictors of the coarse pass and of every field of view, each with the same folds and options."""
-    return LongScanModels(predictor_for(coarse, folds, checkpoint_name, device, **predictor_kwargs),
+    """Ready predictors of the coarse pass and of every field of view, each with the same folds and options, but
+    the coarse pass always at the default confidence threshold (its points only place the fields of view, and
+    one below it must not place a field of view the scan lacks)."""
+    coarse_kwargs = {**predictor_kwargs, "min_confidence": MIN_CONFIDENCE}
+    return LongScanModels(predictor_for(coarse, folds, checkpoint_name, device, **coarse_kwargs),
                           [(fov, predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs))
                            for fov, model in fields])

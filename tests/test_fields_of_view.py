@@ -84,10 +84,13 @@ def test_long_scan_block_has_fields_of_view_and_a_coarse_pass_and_each_field_its
 
 def test_a_field_of_view_crop_is_centred_on_its_pois() -> None:
     block = {"crop_mode": "whole_image",
-             "poi_channels": [{"structure": 1, "poi": 4, "name": "a"}, {"structure": 1, "poi": 5, "name": "b"}]}
+             "poi_channels": [{"structure": 1, "poi": 4, "name": "a"}, {"structure": 1, "poi": 5, "name": "b"},
+                              {"structure": 1, "poi": 6, "name": "c"}]}
     layout = ChannelLayout.from_channels(block["crop_mode"], block["poi_channels"], {"labels": {"background": 0,
                                                                                                "left": 1, "right": 2}})
-    slots = CaseSlots(np.array([[50.0, 10.0, 12.0], [58.0, 14.0, 20.0]]))
+    # three POIs, two close together: the crop is centred on the middle of their box (54, 12, 16), which the
+    # field of view was planned around, not on their mean (the first two weigh twice)
+    slots = CaseSlots(np.array([[50.0, 10.0, 12.0], [50.0, 10.0, 12.0], [58.0, 14.0, 20.0]]))
     ds = InMemoryDataset({"c": slots}, (120, 32, 32))
     loader = PoiDataLoader(ds, 1, (16, 16, 16), (16, 16, 16), label_manager(), layout, {"c": slots}, True,
                            spacing=(1.0, 1.0, 1.0), centre_shift=(0.0, 0.0, 0.0))
@@ -95,8 +98,8 @@ def test_a_field_of_view_crop_is_centred_on_its_pois() -> None:
     # channel 0 of the image holds each voxel's own z: the crop's centre voxel (8 of 16) is at the POIs' mean z 54
     centre = batch["data"][0, :3, 8, 8, 8].numpy()
     np.testing.assert_allclose(centre, [54.0, 12.0, 16.0])
-    np.testing.assert_allclose(batch["keypoints"][0].numpy(), [[4.0, 6.0, 4.0], [12.0, 10.0, 12.0]])
-    assert batch["channel_valid"][0].tolist() == [True, True]
+    np.testing.assert_allclose(batch["keypoints"][0].numpy(), [[4.0, 6.0, 4.0], [4.0, 6.0, 4.0], [12.0, 10.0, 12.0]])
+    assert batch["channel_valid"][0].tolist() == [True, True, True]
 
 
 def _space(origin_z: float, bbox_z: int, size_z: int) -> PreprocessedSpace:
@@ -111,10 +114,10 @@ FOVS = [FieldOfView("fov1", ((1, 1), (1, 2)), (40.0, 20.0, 20.0)), FieldOfView("
 
 def test_the_coarse_pass_places_a_field_of_view_in_the_fine_grid() -> None:
     coarse_space, fine_space = _space(0.0, 30, 60), _space(0.0, 10, 90)  # the two crops start 20 voxels apart
-    coarse = DecodedPoints(np.array([1, 1, 2]), np.array([1, 2, 7]), np.array([[5.0, 3.0, 4.0], [9.0, 5.0, 8.0],
-                                                                                [0.0, 0.0, 0.0]]), np.ones(3))
+    coarse = DecodedPoints(np.array([1, 1, 1, 2]), np.array([1, 2, 1, 7]),
+                           np.array([[5.0, 3.0, 4.0], [9.0, 5.0, 8.0], [5.0, 3.0, 4.0], [0.0, 0.0, 0.0]]), np.ones(4))
     centre = field_of_view_centre(coarse, coarse_space, FOVS[0], fine_space)
-    np.testing.assert_allclose(centre, [27.0, 4.0, 6.0])  # the mean (7, 4, 6), 20 voxels further along z
+    np.testing.assert_allclose(centre, [27.0, 4.0, 6.0])  # the box's middle (7, 4, 6), 20 voxels further along z
     assert field_of_view_centre(coarse, coarse_space, FOVS[1], fine_space) is None
 
 
@@ -158,6 +161,8 @@ def test_fov_option_names_what_there_is(monkeypatch: pytest.MonkeyPatch) -> None
         ("3d_fullres", "poiPlans_fov3")]
     with pytest.raises(PoiNnunetError, match="there are: fov1, fov2, fov3"):
         train.field_of_view_requests(request, "knee")
+    with pytest.raises(PoiNnunetError, match="does not predict per field of view"):
+        train.field_of_view_requests(FoldRequest("600", "3d_fullres", "heatmap", 0, "poiPlans", "cpu"), "all")
     del block["fields_of_view"]
     with pytest.raises(PoiNnunetError, match="has no fields of view"):
         train.field_of_view_requests(request, "all")

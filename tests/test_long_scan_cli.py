@@ -33,13 +33,29 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return env
 
 
-def test_long_scan_plans_train_and_predict_merged(folders: dict, monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture(scope="module")
+def trained(folders: dict) -> dict:
+    """``poi_train --fov all`` on the planned leg (one iteration per model): the coarse pass and every field of
+    view's model, as a user trains them."""
+    from poi_nnunet.cli.train import main as train
+
+    with pytest.MonkeyPatch.context() as mp:
+        use_nnunet_folders(folders, mp)
+        assert train([str(DATASET), "3d_fullres", "coarse_refine", "-f", "all", "-device", "cpu", "--epochs", "1",
+                      "--iterations_per_epoch", "1", "--fov", "all", "--no_validation"]) == 0
+    return folders
+
+
+def test_long_scan_plans_train_and_predict_merged(trained: dict, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture) -> None:
     from poi_nnunet.cli.predict import main as predict
-    from poi_nnunet.cli.train import main as train
     from poi_nnunet.pois import read_poi_file
 
+    folders = trained
     use_nnunet_folders(folders, monkeypatch)
+    # one iteration teaches the coarse pass nothing: its guesses stay below the default threshold that places a
+    # field of view, so this test lets every guess place one (the next test covers the threshold's refusal)
+    monkeypatch.setattr("poi_nnunet.trained_models.MIN_CONFIDENCE", 0.0)
     pre = folders["nnUNet_preprocessed"] / NAME
     plans = json.loads((pre / "poiPlans.json").read_text())
     block = plans["configurations"]["3d_fullres"]["poi"]
@@ -57,8 +73,6 @@ def test_long_scan_plans_train_and_predict_merged(folders: dict, monkeypatch: py
         fov_plans = json.loads((pre / f"poiPlans_{fov['name']}.json").read_text())
         assert fov_plans["configurations"]["3d_fullres"]["data_identifier"] == "poiPlans_3d_fullres"
 
-    assert train([str(DATASET), "3d_fullres", "coarse_refine", "-f", "all", "-device", "cpu", "--epochs", "1",
-                  "--iterations_per_epoch", "1", "--fov", "all", "--no_validation"]) == 0
     results = folders["nnUNet_results"] / NAME
     trained = sorted(p.name for p in results.iterdir())
     assert trained == sorted(["PoiCoarseRefineTrainer__poiPlans__3d_coarse"]
@@ -78,16 +92,27 @@ def test_long_scan_plans_train_and_predict_merged(folders: dict, monkeypatch: py
     assert "fields of view" in capsys.readouterr().out
 
 
-def test_a_field_of_view_the_coarse_pass_misses_is_reported(folders: dict, monkeypatch: pytest.MonkeyPatch,
+def test_a_field_of_view_the_coarse_pass_misses_is_reported(trained: dict, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture) -> None:
     """A coarse pass that finds nothing of one field of view (a scan cut off there): that field of view's points
-    are listed as not found, the others are written."""
+    are listed as not found, the others are written. And at the default threshold the untrained coarse pass's
+    guesses place no field of view at all, whatever ``--min_confidence`` the points are written at."""
     from poi_nnunet.cli.predict import main as predict
     from poi_nnunet.inference import coarse_refine
+    from poi_nnunet.pois import read_poi_file
 
+    folders = trained
     use_nnunet_folders(folders, monkeypatch)
-    if not (folders["nnUNet_results"] / NAME / "PoiCoarseRefineTrainer__poiPlans__3d_coarse").is_dir():
-        pytest.skip("needs the models of the test above")
+    images = folders["nnUNet_raw"] / NAME / "imagesTs"
+    unsure = folders["nnUNet_results"].parent / "predicted_unsure"
+    assert predict(["-i", str(images), "-o", str(unsure), "-d", str(DATASET), "-c", "3d_fullres", "-tr",
+                    "coarse_refine", "-f", "all", "-device", "cpu", "--min_confidence", "0", "--disable_tta",
+                    "--no_pbar"]) == 0
+    dropped = json.loads((unsure / "dropped_points.json").read_text())["cases"]
+    assert {d["reason"] for points in dropped.values() for d in points} == {"field_of_view_not_found"}
+    assert [len(read_poi_file(f)) for f in unsure.glob("leg_*[0-9].json")] == [0]
+
+    monkeypatch.setattr("poi_nnunet.trained_models.MIN_CONFIDENCE", 0.0)  # every guess places its field of view
     plans = json.loads((folders["nnUNet_preprocessed"] / NAME / "poiPlans.json").read_text())
     hidden = {c["poi"] for c in plans["configurations"]["3d_fullres"]["poi"]["fields_of_view"][0]["channels"]}
     original = coarse_refine.CoarseRefinePredictor.tiled_points
@@ -100,7 +125,6 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(folders: dict, monke
 
     monkeypatch.setattr(coarse_refine.CoarseRefinePredictor, "tiled_points", coarse_pass_blind_to_the_first)
     out = folders["nnUNet_results"].parent / "predicted_cut"
-    images = folders["nnUNet_raw"] / NAME / "imagesTs"
     assert predict(["-i", str(images), "-o", str(out), "-d", str(DATASET), "-c", "3d_fullres", "-tr",
                     "coarse_refine", "-f", "all", "-device", "cpu", "--min_confidence", "0", "--disable_tta",
                     "--no_pbar"]) == 0
@@ -108,4 +132,6 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(folders: dict, monke
     assert "warning" in said.out + said.err and "field of view not found" in said.out
     dropped = json.loads((out / "dropped_points.json").read_text())["cases"]
     reasons = {(d["poi"], d["reason"]) for points in dropped.values() for d in points}
-    assert {(p, "field_of_view_not_found") for p in hidden} <= reasons
+    assert {p for p, reason in reasons if reason == "field_of_view_not_found"} == hidden
+    written = {p.poi for f in out.glob("leg_*[0-9].json") for p in read_poi_file(f).points}
+    assert written and not written & hidden  # the other fields of view's points are written

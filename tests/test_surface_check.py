@@ -30,13 +30,22 @@ def test_points_far_outside_or_deep_inside_are_off_their_surface() -> None:
     assert flagged.tolist() == [False, True, True, False, False]
 
 
+def test_a_point_just_inside_is_kept() -> None:
+    """The planner measures to the structure's outermost voxel centres (here x = 10): a point 1.6 mm inside
+    them (x = 11.6) is within the 2 mm fence, though the 2-voxel box around its voxel (x 10-14) is all
+    structure; 2.6 mm inside (x = 12.6) it is beyond the fence and flagged."""
+    points = np.array([[20.0, 20.0, 11.6], [20.0, 20.0, 12.6]])
+    assert off_surface(points, [3, 3], [1, 1], _box_patch(), SPACING, FENCES, 1.1).tolist() == [False, True]
+
+
 def test_what_is_never_judged() -> None:
     label = _box_patch()
-    points = np.array([[20.0, 20.0, 20.0], [20.0, 20.0, 20.0], [20.0, 20.0, 20.0], [1.0, 1.0, 1.0],
-                       [np.nan, np.nan, np.nan]])
-    # structure 0 (no mask), an id without a fence, the patch cuts the box, no point
+    # the centre of structure 3 (10 voxels deep) for structure 0 (no mask) and for an id without a fence; a
+    # point whose box the patch cuts; no point. The same centre with a fenced id is flagged (control).
+    points = np.array([[20.0, 20.0, 20.0], [20.0, 20.0, 20.0], [1.0, 1.0, 1.0], [np.nan, np.nan, np.nan],
+                       [20.0, 20.0, 20.0]])
     flagged = off_surface(points, [0, 3, 3, 3, 3], [1, 9, 1, 1, 1], label, SPACING, FENCES, 1.1)
-    assert flagged.tolist() == [False, False, True, False, False]
+    assert flagged.tolist() == [False, False, False, False, True]
 
 
 def test_the_fence_is_in_mm_on_an_anisotropic_grid() -> None:

@@ -333,8 +333,23 @@ class PoiTrainer(nnUNetTrainer):
         return summary
 
     def validation_reference(self, raw_dataset: Path) -> Path:
-        """The folder the validation predictions are scored against: the raw dataset's ``poisTr``."""
-        return raw_dataset / "poisTr"
+        """The folder the validation predictions are scored against: the raw dataset's ``poisTr``; for a field
+        of view's model, copies of the validation cases' point files holding that field of view's points only
+        (``validation/reference_<fov>``), so the other fields of view's points do not count as missed."""
+        reference = raw_dataset / "poisTr"
+        fov = self.poi_plan.field_of_view
+        if fov is None or not reference.is_dir():
+            return reference
+        from poi_nnunet.pois import PoiSet, read_poi_file, write_poi_file
+
+        folder = Path(self.output_folder) / "validation" / f"reference_{fov.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = set(fov.channels)
+        for case in self.do_split()[1]:
+            source = reference / f"{case}.json"
+            if source.is_file():
+                write_poi_file(folder / source.name, PoiSet([p for p in read_poi_file(source) if p.key in keys]))
+        return folder
 
     # ------------------------------------------------------------------ data
     def load_points(self, keys) -> Dict[str, PreprocessedPois]:

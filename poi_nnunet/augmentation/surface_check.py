@@ -8,11 +8,16 @@ target would teach a wrong place, so the loader masks it, by the rule the planne
 (:mod:`planners.cleaning`): a POI is off its surface when it is farther from it than its id's fence, or
 ``min_voxel_diagonals`` voxel diagonals of the patch grid where that is larger.
 
-The distance is bounded with a box, not measured: a point is off its surface when the box of the fence's
-half-width around it (in patch voxels) holds no surface of its structure (only the structure, or none of
-it). A box reaches up to ``sqrt(D)`` times farther than a ball, so the check flags only points certainly
-beyond the fence and keeps every point the planner would keep; a box the patch cuts off is not judged.
-It costs one small window per point, no distance transform.
+The distance is bounded with boxes, not measured. The planner measures to the nearest boundary voxel centre
+of the structure (a structure voxel with a face on another label). With ``r`` the fence's half-width in
+voxels around the point's nearest voxel: a point is off its surface when that box holds no voxel of its
+structure (its surface is then at least ``r + 1/2`` voxels away), or when the box one voxel wider holds
+nothing else (its boundary voxels are then at least ``r + 1/2`` voxels away inside). A box reaches up to
+``sqrt(D)`` times farther than a ball, so the check flags only points certainly beyond the fence and keeps
+every point the planner would keep; a box the patch cuts off is not judged. It costs two small windows
+per point, no distance transform. 3D patches only: a 2D slice of a 3D scan does not show the surface of
+a point between slices, and a 2D projection's labels hide structures behind others (the planner does not
+measure such points either).
 """
 from __future__ import annotations
 
@@ -32,7 +37,6 @@ def off_surface(points: np.ndarray, structures: Sequence[int], pois: Sequence[in
     """
     points = np.asarray(points, dtype=np.float64)
     spacing = np.asarray(spacing_mm, dtype=np.float64)
-    shape = np.asarray(label.shape)
     floor = float(min_voxel_diagonals) * float(np.linalg.norm(spacing))
     flagged = np.zeros(len(points), dtype=bool)
     for i, (point, structure, poi) in enumerate(zip(points, structures, pois)):
@@ -41,9 +45,20 @@ def off_surface(points: np.ndarray, structures: Sequence[int], pois: Sequence[in
             continue
         radius = np.ceil(max(float(fence), floor) / spacing).astype(int)
         centre = np.round(point).astype(int)
-        lo, hi = centre - radius, centre + radius + 1
-        if np.any(lo < 0) or np.any(hi > shape):
+        inner = _window(label, centre, radius)
+        if inner is None:
             continue  # the patch does not show all the box: no judgement
-        window = label[tuple(slice(a, b) for a, b in zip(lo, hi))] == int(structure)
-        flagged[i] = window.all() or not window.any()
+        if not (inner == int(structure)).any():
+            flagged[i] = True  # no voxel of its structure near it
+            continue
+        outer = _window(label, centre, radius + 1)
+        flagged[i] = outer is not None and bool((outer == int(structure)).all())  # deep inside it
     return flagged
+
+
+def _window(label: np.ndarray, centre: np.ndarray, radius: np.ndarray):
+    """The box of half-width ``radius`` voxels around ``centre``; None where it leaves the patch."""
+    lo, hi = centre - radius, centre + radius + 1
+    if np.any(lo < 0) or np.any(hi > np.asarray(label.shape)):
+        return None
+    return label[tuple(slice(a, b) for a, b in zip(lo, hi))]

@@ -84,6 +84,12 @@ def field_of_view_requests(request, which: str) -> list:
     from ..plan import PoiPlan
     from ..trainer_factory import read_plans
 
+    from trainers.registry import trainer_class
+
+    cls = trainer_class(request.trainer)
+    if not hasattr(getattr(cls, "predictor_class", None), "predict_field_of_view"):
+        raise PoiNnunetError(f"--fov: {request.trainer} does not predict per field of view; train coarse_refine "
+                             "(or one of its variants) with --fov")
     plans, _ = read_plans(request.dataset, request.configuration, request.plans)
     plan = PoiPlan.from_block(plans["configurations"][request.configuration].get("poi"),
                               f"{request.plans}.json ({request.configuration})")

@@ -6,9 +6,10 @@ Per case:
 1. **Coarse pass.** The ``3d_coarse`` model (the plans' ``coarse_configuration``: the whole scan in one
    patch at the coarse spacing) predicts every POI and the segmentation. The segmentation written is
    this pass's; its points are not written, they only place the fields of view.
-2. **Fields of view.** Each field of view is centred on the mean of its POIs' coarse estimates that were
-   found (confidence at or above ``min_confidence``), mapped through world mm into the ``3d_fullres``
-   preprocessed grid; its model (``<trainer>__poiPlans_<fov>__3d_fullres``) predicts its POIs from one
+2. **Fields of view.** Each field of view is centred on the middle of the box of its POIs' coarse estimates
+   that were found (confidence at or above the default threshold, 0.1, whatever ``--min_confidence``
+   says: a guess must not place a field of view in a scan that lacks it), mapped through world mm into the
+   ``3d_fullres`` preprocessed grid; its model (``<trainer>__poiPlans_<fov>__3d_fullres``) predicts its POIs from one
    full-resolution crop there (:meth:`CoarseRefinePredictor.predict_field_of_view`), as training centred
    its crops on the field of view's POIs.
 3. **Missing fields of view.** Where the coarse pass finds none of a field of view's POIs (a scan cut off
@@ -53,14 +54,16 @@ class LongScanModels:
 
 def field_of_view_centre(coarse: DecodedPoints, coarse_space: PreprocessedSpace, fov: FieldOfView,
                          fine_space: PreprocessedSpace) -> Optional[np.ndarray]:
-    """Where the field of view's crop goes (``fine_space`` voxels, 3 axes): the mean, in world mm, of the coarse
-    pass's points of its channels; None where the coarse pass found none of them."""
+    """Where the field of view's crop goes (``fine_space`` voxels, 3 axes): the middle of the box of the coarse
+    pass's points of its channels, mapped through world mm into ``fine_space`` (the training crops' centre, on
+    the annotated points; the planner sized the field of view around that box); None where the coarse pass
+    found none of them."""
     keys = set(fov.channels)
     mine = np.array([(int(s), int(p)) in keys for s, p in zip(coarse.structures, coarse.pois)], dtype=bool)
     if not mine.any():
         return None
-    world = coarse_space.preprocessed_to_world(coarse.positions[mine])
-    return fine_space.world_to_preprocessed(world.mean(axis=0, keepdims=True))[0]
+    fine = fine_space.world_to_preprocessed(coarse_space.preprocessed_to_world(coarse.positions[mine]))
+    return (fine.min(axis=0) + fine.max(axis=0)) / 2
 
 
 def merged_points(models: LongScanModels, coarse: DecodedPoints, coarse_space: PreprocessedSpace,
