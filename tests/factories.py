@@ -1,8 +1,10 @@
 """Tiny datasets built through the real writer, for tests that need a valid starting point."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -82,6 +84,18 @@ def use_nnunet_folders(folders: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("nnUNet_def_n_proc", "1")
 
 
+@contextlib.contextmanager
+def fresh_nnunet_folders(base: Path) -> Iterator[dict]:
+    """New ``raw``, ``pre`` and ``res`` folders under ``base``, exported as nnU-Net's three variables while inside;
+    yields ``{"nnUNet_raw": path, ...}`` (for module fixtures that write and plan datasets once)."""
+    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, path in env.items():
+            path.mkdir()
+            mp.setenv(key, str(path))
+        yield env
+
+
 def planned_xray_and_spine(base: Path, xray: int, spine: int, xray_cases: int, spine_cases: int,
                            xray_shape=(48, 48), spine_shape=(32, 24, 24), num_test: int = 0,
                            spine_seed: int = 0) -> dict:
@@ -91,11 +105,7 @@ def planned_xray_and_spine(base: Path, xray: int, spine: int, xray_cases: int, s
     from dataset_conversion.synthetic_xray import write_xray_dataset
     from poi_nnunet.cli.plan_and_preprocess import main as plan_main
 
-    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, path in env.items():
-            path.mkdir()
-            mp.setenv(key, str(path))
+    with fresh_nnunet_folders(base) as env:
         write_xray_dataset(env["nnUNet_raw"] / f"Dataset{xray}_Xray", num_cases=xray_cases, num_test=num_test,
                            shape=tuple(xray_shape))
         write_spine_dataset(env["nnUNet_raw"] / f"Dataset{spine}_Spine", num_cases=spine_cases, num_test=min(num_test, 1),

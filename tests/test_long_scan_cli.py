@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.leg_fields_of_view import capped_planner
-from tests.factories import use_nnunet_folders
+from tests.factories import fresh_nnunet_folders, use_nnunet_folders
 
 DATASET = 623
 NAME = f"Dataset{DATASET}_LongLeg"
@@ -21,12 +21,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from dataset_conversion.synthetic_leg import write_leg_dataset
     from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
 
-    base = tmp_path_factory.mktemp("long_scan")
-    env = {"nnUNet_raw": base / "raw", "nnUNet_preprocessed": base / "pre", "nnUNet_results": base / "res"}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, path in env.items():
-            path.mkdir()
-            mp.setenv(key, str(path))
+    with fresh_nnunet_folders(tmp_path_factory.mktemp("long_scan")) as env:
         write_leg_dataset(env["nnUNet_raw"] / NAME, num_cases=5, num_test=1, shape=(96, 24, 24))
         plan_and_preprocess(str(DATASET), configurations=["3d_fullres"], num_processes=[1],
                             num_processes_fingerprint=1, progress=False, planner_class=capped_planner(PATCH_ALONG_SCAN))

@@ -203,7 +203,8 @@ def copy_pois(ds: RawDataset, case: str, staging: Path) -> int:
     if not source.is_file():
         return 0
     pois = read_poi_file(source)
-    present = {int(v) for v in np.unique(sitk.GetArrayViewFromImage(
+    # a copy, not a view: a view of an image nothing holds reads freed memory (it held labels the mask lacks)
+    present = {int(v) for v in np.unique(sitk.GetArrayFromImage(
         sitk.ReadImage(str(staging / "labelsTr" / f"{case}{ds.file_ending}"))))}
     kept = [p for p in pois if p.structure == 0 or p.structure in present]
     write_poi_file(staging / "poisTr" / f"{case}.json", PoiSet(kept) if len(kept) < len(pois) else pois)
