@@ -76,7 +76,7 @@ class PoiExperimentPlanner(ExperimentPlanner):
             plans["configurations"][COARSE_CONFIGURATION] = coarse
         self._save(plans)
         if not fovs:
-            self._drop_stale_coarse_pass()
+            self._drop_stale_coarse_pass(plans)
         main_identifier = self.plans_identifier
         try:
             for fov in fovs:
@@ -94,16 +94,19 @@ class PoiExperimentPlanner(ExperimentPlanner):
                   f"({COARSE_CONFIGURATION}) to place them, and plans per field of view "
                   f"({', '.join(self.field_of_view_plans)})")
 
-    def _drop_stale_coarse_pass(self) -> None:
-        """nnU-Net keeps configurations of the plans file it replaces; a coarse pass planned before (the scans
-        did not fit the patch then) would survive a re-plan that has no fields of view, and be preprocessed."""
+    def _drop_stale_coarse_pass(self, plans: dict) -> None:
+        """nnU-Net keeps configurations of the plans file it replaces (in the file and in ``plans``); a coarse
+        pass planned before (the scans did not fit the patch then) would survive a re-plan that has no fields
+        of view, and be preprocessed."""
         from batchgenerators.utilities.file_and_folder_operations import join, load_json, save_json
         from nnunetv2.paths import nnUNet_preprocessed
 
+        if plans["configurations"].pop(COARSE_CONFIGURATION, None) is None:
+            return
         path = join(nnUNet_preprocessed, self.dataset_name, self.plans_identifier + ".json")  # as nnU-Net saves it
         saved = load_json(path)
-        if saved["configurations"].pop(COARSE_CONFIGURATION, None) is not None:
-            save_json(saved, path, sort_keys=False)
+        saved["configurations"].pop(COARSE_CONFIGURATION, None)
+        save_json(saved, path, sort_keys=False)
 
     def _save(self, plans: dict) -> None:
         """nnU-Net's ``save_plans``, without its line naming the staging folder."""

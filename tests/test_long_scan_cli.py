@@ -130,3 +130,21 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(trained: dict, monke
     assert {p for p, reason in reasons if reason == "field_of_view_not_found"} == hidden
     written = {p.poi for f in out.glob("leg_*[0-9].json") for p in read_poi_file(f).points}
     assert written and not written & hidden  # the other fields of view's points are written
+
+
+def test_replanning_without_fields_of_view_drops_the_coarse_pass(tmp_path) -> None:
+    """nnU-Net keeps configurations of the plans file it replaces: a re-plan whose patch shows the whole scan must
+    not keep (and preprocess) the coarse pass planned before."""
+    from dataset_conversion.synthetic_leg import write_leg_dataset
+    from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
+
+    with fresh_nnunet_folders(tmp_path) as env:
+        write_leg_dataset(env["nnUNet_raw"] / "Dataset624_Replan", num_cases=3, shape=(96, 24, 24))
+        plans_file = env["nnUNet_preprocessed"] / "Dataset624_Replan" / "poiPlans.json"
+        options = dict(configurations=["3d_fullres"], num_processes=[1], num_processes_fingerprint=1, progress=False,
+                       preprocess=False)
+        plan_and_preprocess("624", planner_class=capped_planner(PATCH_ALONG_SCAN), **options)
+        assert "3d_coarse" in json.loads(plans_file.read_text())["configurations"]
+        plan_and_preprocess("624", **options)  # nnU-Net's own patch: the whole 96-voxel scan
+        configurations = json.loads(plans_file.read_text())["configurations"]
+        assert "3d_coarse" not in configurations and "fields_of_view" not in configurations["3d_fullres"]["poi"]
