@@ -49,7 +49,8 @@ class LongScanModels:
 
     @property
     def min_confidence(self) -> float:
-        return self.coarse.min_confidence
+        """The threshold points are written at (the fields of view's; the coarse pass keeps the default)."""
+        return self.fields[0][1].min_confidence if self.fields else self.coarse.min_confidence
 
 
 def field_of_view_centre(coarse: DecodedPoints, coarse_space: PreprocessedSpace, fov: FieldOfView,
