@@ -14,7 +14,9 @@ Steps (each skipped where its output exists, so a run resumes):
 3. ``poi_train D 3d_fullres coarse_refine --fov all -f all`` with ``--epochs`` x ``--iterations``.
 4. Prediction of ``imagesTs`` at ``--min_confidence 0`` without mirroring: ``poi_predict -c 3d_fullres`` (the
    coarse pass places the fields of view, refined points), the same with the field-of-view models' soft-argmax
-   points, and ``poi_predict -c 3d_coarse`` (the coarse pass alone).
+   points, ``poi_predict -c 3d_coarse`` (the coarse pass alone), and the field-of-view models placed at their
+   reference POIs' box instead (soft-argmax and refined: the field models' own accuracy, whatever the coarse
+   pass does).
 5. TRE (mm) against ``poisTs``: per field of view and overall, median / mean / p95 over the reference points
    found, and how many were found; written to ``leg_fields_of_view.json`` and printed as a table.
 
@@ -138,7 +140,40 @@ def predict(work: Path, plans: str, device: str) -> Dict[str, Path]:
         predictor.point_stage = "coarse"
     predict_long_scans(models, list_input_cases(images, ".nii.gz", 1), folders["fov_coarse"], overwrite=True,
                        progress=False)
+    for stage in ("coarse", "refined"):
+        folders[f"reference_placed_{stage}"] = work / f"pred_reference_placed_{stage}"
+        predict_at_reference(work, models, stage, folders[f"reference_placed_{stage}"])
     return folders
+
+
+def predict_at_reference(work: Path, models, stage: str, out: Path) -> None:
+    """The field-of-view models placed at their reference POIs' box instead of the coarse pass's (the library's
+    merging with the reference points standing in for the coarse estimates): how well each field of view's
+    model does when the coarse pass has placed it right, at its soft-argmax (``stage`` coarse) or refined points."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    from poi_nnunet.geometry import ImageGeometry, PreprocessedSpace
+    from poi_nnunet.inference.decoding import DecodedPoints
+    from poi_nnunet.inference.fields_of_view import merged_points
+    from poi_nnunet.inference.inputs import list_input_cases
+    from poi_nnunet.pois import read_poi_file, write_poi_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    fine = models.fields[0][1]
+    for _, predictor in models.fields:
+        predictor.point_stage = stage
+    preprocessor = DefaultPreprocessor(verbose=False)
+    for case in list_input_cases(work / "raw" / DATASET / "imagesTs", ".nii.gz", 1):
+        data, _, properties = preprocessor.run_case(case.files, None, fine.plans_manager, fine.configuration_manager,
+                                                    fine.dataset_json)
+        space = PreprocessedSpace.from_nnunet_properties(properties, fine.plans_manager.transpose_forward,
+                                                         data.shape[1:], raw=ImageGeometry.from_file(case.files[0]))
+        reference = list(read_poi_file(work / "raw" / DATASET / "poisTs" / f"{case.case}.json"))
+        placed = DecodedPoints(np.array([p.structure for p in reference]), np.array([p.poi for p in reference]),
+                               space.world_to_preprocessed(np.array([p.position for p in reference])),
+                               np.ones(len(reference)))
+        points, _ = merged_points(models, placed, space, data, space)
+        write_poi_file(out / f"{case.case}.json", points.to_world(space))
 
 
 def tre(work: Path, folder: Path, fov_of: Dict[int, str]) -> Dict[str, Dict[str, float]]:
