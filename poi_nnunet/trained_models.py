@@ -32,6 +32,12 @@ def load_poi_model(dataset: str, configuration: str, trainer: str, folds: Option
     return predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs)
 
 
+def predicts_fields_of_view(trainer_cls: type) -> bool:
+    """Whether a trainer's predictor can predict one field of view from a placed crop (``coarse_refine`` and its
+    variants): the trainers ``poi_train --fov`` takes and ``poi_predict`` runs per field of view."""
+    return hasattr(getattr(trainer_cls, "predictor_class", None), "predict_field_of_view")
+
+
 def find_long_scan_models(dataset: str, configuration: str, trainer: str,
                           plans: str = DEFAULT_PLANS) -> Optional[Tuple[ModelFolder, List[Tuple[FieldOfView, ModelFolder]]]]:
     """The coarse pass and the field-of-view models of a long-scan dataset (:mod:`.inference.fields_of_view`), or
@@ -42,7 +48,7 @@ def find_long_scan_models(dataset: str, configuration: str, trainer: str,
     if configuration != "3d_fullres":
         return None
     cls = trainer_class(trainer)
-    if not hasattr(getattr(cls, "predictor_class", None), "predict_field_of_view"):
+    if not predicts_fields_of_view(cls):
         return None  # only coarse_refine trains per field of view (poi_train --fov refuses the others)
     try:
         coarse = find_model_folder(dataset, COARSE_CONFIGURATION, cls, plans)

@@ -86,8 +86,9 @@ def field_of_view_requests(request, which: str) -> list:
 
     from trainers.registry import trainer_class
 
-    cls = trainer_class(request.trainer)
-    if not hasattr(getattr(cls, "predictor_class", None), "predict_field_of_view"):
+    from ..trained_models import predicts_fields_of_view
+
+    if not predicts_fields_of_view(trainer_class(request.trainer)):
         raise PoiNnunetError(f"--fov: {request.trainer} does not predict per field of view; train coarse_refine "
                              "(or one of its variants) with --fov")
     plans, _ = read_plans(request.dataset, request.configuration, request.plans)
