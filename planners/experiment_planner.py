@@ -6,11 +6,13 @@ import copy
 import io
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-from poi_nnunet.plan import COARSE_CONFIGURATION, FieldOfView
+from poi_nnunet.plan import COARSE_CONFIGURATION, WHOLE_IMAGE, FieldOfView
 
-from .fields_of_view import coarse_configuration
+from .fields_of_view import overflow_axis, plan_coarse_configuration
 from .poi_plan import crop_size_mm, crop_mode, fingerprint_axes, poi_block
 
 PLANS_IDENTIFIER = "poiPlans"
@@ -48,30 +50,31 @@ class PoiExperimentPlanner(ExperimentPlanner):
         self.field_of_view_plans: List[str] = []
 
     def _block(self, config: dict, transpose_forward, field_of_view: Optional[dict] = None,
-               plan_fields: bool = False) -> dict:
+               coarse_pass_spacing: Optional[List[float]] = None) -> dict:
         names = {str(k): str(v) for k, v in (self.dataset_json.get("pois") or {}).items()}
         return poi_block(self.poi_fingerprint, config, transpose_forward, self.cleaning_thresholds, self.flagged,
-                         names, field_of_view, plan_fields)
+                         names, field_of_view, coarse_pass_spacing)
 
     def save_plans(self, plans: dict) -> None:
         """Add the ``poi`` block to each planned configuration, then save as nnU-Net does.
 
-        Where the ``3d_fullres`` block has fields of view (a long scan, :mod:`planners.fields_of_view`), the
-        plans also get the coarse pass's configuration ``3d_coarse``, and each field of view gets plans of
-        its own (``poiPlans_fov1``, ...): the ``3d_fullres`` configuration with that field of view's block,
-        reading the same preprocessed data.
+        Where a 3D whole-image scan does not fit ``3d_fullres``'s patch (a long scan), the coarse pass that
+        will search new scans is planned first, as nnU-Net plans a configuration
+        (:func:`planners.fields_of_view.plan_coarse_configuration`), and ``3d_fullres``'s block gets fields
+        of view sized for that pass's error (:mod:`planners.fields_of_view`). Then the plans get the coarse
+        pass's configuration ``3d_coarse``, and each field of view gets plans of its own (``poiPlans_fov1``,
+        ...): the ``3d_fullres`` configuration with that field of view's block, reading the same
+        preprocessed data.
         """
         self.field_of_view_plans = []
+        fullres = plans["configurations"].get("3d_fullres")
+        coarse = self._coarse_pass(fullres, plans["transpose_forward"]) if fullres else None
         for name, config in plans["configurations"].items():
             if "spacing" in config:  # 3d_cascade_fullres only inherits from 3d_fullres
-                config["poi"] = self._block(config, plans["transpose_forward"], plan_fields=name == "3d_fullres")
-        fullres = plans["configurations"].get("3d_fullres")
+                pass_spacing = coarse["spacing"] if coarse is not None and name == "3d_fullres" else None
+                config["poi"] = self._block(config, plans["transpose_forward"], coarse_pass_spacing=pass_spacing)
         fovs = (fullres or {}).get("poi", {}).get("fields_of_view") or []
         if fovs:
-            summary = self.poi_fingerprint["summary"]
-            axes = fingerprint_axes(plans["transpose_forward"], 3, summary["dim"])
-            crop = crop_size_mm(self.poi_fingerprint, crop_mode(summary))[axes]
-            coarse = coarse_configuration(fullres, fullres["poi"]["coarse_spacing"], crop, self.plans_identifier)
             coarse["poi"] = self._block(coarse, plans["transpose_forward"])
             plans["configurations"][COARSE_CONFIGURATION] = coarse
         self._save(plans)
@@ -93,6 +96,27 @@ class PoiExperimentPlanner(ExperimentPlanner):
             print(f"Long scans: {len(fovs)} field(s) of view ({', '.join(f['name'] for f in fovs)}), a coarse pass "
                   f"({COARSE_CONFIGURATION}) to place them, and plans per field of view "
                   f"({', '.join(self.field_of_view_plans)})")
+
+    def _coarse_pass(self, fullres: dict, transpose_forward: List[int]) -> Optional[dict]:
+        """The ``3d_coarse`` configuration where a 3D whole-image scan overflows ``fullres``'s patch, else None."""
+        summary = self.poi_fingerprint["summary"]
+        mode = crop_mode(summary)
+        if mode != WHOLE_IMAGE or summary["dim"] != 3 or len(fullres["spacing"]) != 3:
+            return None
+        crop = crop_size_mm(self.poi_fingerprint, mode)[fingerprint_axes(transpose_forward, 3, summary["dim"])]
+        spacing = np.asarray(fullres["spacing"], float)
+        if overflow_axis(crop, np.asarray(fullres["patch_size"], float) * spacing) is None:
+            return None
+        cache: dict = {}
+        identifier = self.generate_data_identifier(COARSE_CONFIGURATION)
+
+        def plan_at(at_spacing: np.ndarray, shape: Tuple[int, ...]) -> dict:
+            n_voxels = float(np.prod(shape, dtype=np.float64) * self.dataset_json["numTraining"])
+            return self.get_plans_for_configuration(at_spacing, shape, identifier, n_voxels, cache)
+
+        config = plan_coarse_configuration(plan_at, spacing, crop)
+        recursive_fix_for_json_export(config)
+        return config
 
     def _drop_stale_coarse_pass(self, plans: dict) -> None:
         """nnU-Net keeps configurations of the plans file it replaces (in the file and in ``plans``); a coarse

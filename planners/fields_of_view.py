@@ -8,7 +8,8 @@ its own model (``poi_train ... --fov NAME``), trained on crops centred on its
 POIs; a new scan is searched by a whole-scan model at the coarse spacing
 (:func:`coarse_configuration`), and each field of view is placed at the mean of
 its POIs' coarse estimates (see :mod:`poi_nnunet.inference.fields_of_view` for
-why neither the segmentation nor the image extent).
+why neither the segmentation nor the image extent). The coarse pass is planned by
+nnU-Net's own rules (:func:`plan_coarse_configuration`).
 
 Grouping (:func:`plan_fields_of_view`): channels are sorted by their median
 position along the axis the scan overflows most, then taken greedily: a channel
@@ -20,12 +21,10 @@ channel's target needs around it (the heatmap's support) plus one coarse voxel
 """
 from __future__ import annotations
 
-import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from poi_nnunet.plan import COARSE_CONFIGURATION
 
 FOV_PERCENTILE = 95  # of the per-case box of a group's POIs
 
@@ -84,18 +83,47 @@ def group_box_mm(shapes: np.ndarray) -> np.ndarray:
     return np.percentile(np.array(boxes), FOV_PERCENTILE, axis=0)
 
 
-def coarse_configuration(fullres: Dict[str, Any], coarse_spacing: Sequence[float], crop_mm: np.ndarray,
-                         plans_name: str) -> Dict[str, Any]:
-    """nnU-Net configuration ``3d_coarse``: the ``3d_fullres`` network and patch at the spacing where the
-    whole scan fits the patch, so one patch shows all of it (the coarse pass that places the fields of view).
+# nnU-Net's own rule for searching 3d_lowres's spacing: grow in steps of 3%, and where some axes are more than
+# twice as fine as the coarsest, grow only those first.
+COARSE_SPACING_STEP = 1.03
+COARSE_SPACING_ANISOTROPY = 2.0
+MAX_COARSE_SPACING_STEPS = 1000
 
-    A copy of the ``3d_fullres`` configuration with its own spacing, median shape and data identifier
-    (nnU-Net preprocesses it like any configuration); its ``poi`` block is planned like every other.
+
+def next_coarse_spacing(spacing: np.ndarray) -> np.ndarray:
+    """One step of nnU-Net's 3d_lowres spacing search: the axes finer than half the coarsest grow by 3%, or,
+    where none is, every axis does (so an anisotropic grid becomes less so before it gets coarser)."""
+    spacing = np.asarray(spacing, float)
+    fine = spacing.max() / spacing > COARSE_SPACING_ANISOTROPY
+    return np.where(fine, spacing * COARSE_SPACING_STEP, spacing) if fine.any() else spacing * COARSE_SPACING_STEP
+
+
+def plan_coarse_configuration(plan_at: Callable[[np.ndarray, Tuple[int, ...]], Dict[str, Any]],
+                              spacing: Sequence[float], crop_mm: np.ndarray) -> Dict[str, Any]:
+    """nnU-Net configuration ``3d_coarse``: the finest spacing at which nnU-Net's own planning puts the whole
+    scan (``crop_mm``, the 95th percentile of what scans cover) in one patch.
+
+    ``plan_at(spacing, shape)`` is the planner's ``get_plans_for_configuration`` for a median image of
+    ``shape`` voxels, so the patch, network topology and batch size at each spacing are what nnU-Net would
+    choose for that image under its memory budget. The search starts at ``spacing`` (``3d_fullres``'s) and
+    grows it as nnU-Net grows ``3d_lowres``'s (:func:`next_coarse_spacing`) until the planned patch covers
+    the image. Why not ``3d_fullres``'s patch at a spacing stretched along the scan only: a leg of 800 x 130
+    x 130 mm in a 64 x 40 x 40 patch gets 12.5 x 3.25 x 3.25 mm voxels, and nnU-Net's rotations, drawn in
+    voxels, then shear the anatomy four to one; nnU-Net's own planning keeps the voxels near isotropic and
+    gives the network as many poolings along the scan as it needs to see all of it.
     """
-    config = copy.deepcopy(fullres)
-    config.pop("poi", None)
-    spacing = [float(v) for v in coarse_spacing]
-    config["spacing"] = spacing
-    config["median_image_size_in_voxels"] = [float(round(c / s, 2)) for c, s in zip(crop_mm, spacing)]
-    config["data_identifier"] = f"{plans_name}_{COARSE_CONFIGURATION}"
-    return config
+    crop_mm = np.asarray(crop_mm, float)
+    current = np.asarray(spacing, float)
+    for _ in range(MAX_COARSE_SPACING_STEPS):
+        shape = tuple(int(v) for v in np.ceil(crop_mm / current - 1e-6))
+        config = plan_at(current, shape)
+        if np.all(np.asarray(config["patch_size"]) >= shape):
+            config["batch_dice"] = False  # one scan per patch, as nnU-Net's 3d_lowres
+            return config
+        current = next_coarse_spacing(current)
+    raise RuntimeError(f"no spacing up to {_mm(current)} mm puts the whole scan ({_mm(crop_mm)} mm) in one patch "
+                       "of nnU-Net's planning; the coarse pass cannot be planned")
+
+
+def _mm(v: np.ndarray) -> str:
+    return " x ".join(f"{x:.4g}" for x in v)

@@ -329,11 +329,14 @@ def heatmap_deep_supervision(summary: Dict[str, Any]) -> bool:
 
 def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transpose_forward: Sequence[int],
               thresholds: Dict[str, float], flagged: List[Dict[str, Any]], names: Dict[str, str],
-              field_of_view: Optional[Dict[str, Any]] = None, plan_fields: bool = False) -> Dict[str, Any]:
+              field_of_view: Optional[Dict[str, Any]] = None,
+              coarse_pass_spacing: Optional[Sequence[float]] = None) -> Dict[str, Any]:
     """Assemble the ``poi`` block for one configuration of the plans.
 
-    ``plan_fields``: plan fields of view where the scans do not fit the patch (the planner asks for them in
-    ``3d_fullres`` only, the configuration whose models are trained per field of view).
+    ``coarse_pass_spacing``: plan fields of view where the scans do not fit the patch, to be placed by a
+    coarse pass at this spacing (the planner asks for them in ``3d_fullres`` only, the configuration whose
+    models are trained per field of view, and plans the coarse pass first:
+    :func:`planners.fields_of_view.plan_coarse_configuration`).
     ``field_of_view`` (one of a block's ``fields_of_view``): the block of that field of view's model instead:
     its channels only, crops of its extent, and the field of view recorded as ``field_of_view``.
 
@@ -364,8 +367,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
       (:func:`point_sup_extent_mm`); absent for dense labels.
     * ``fields_of_view``, ``coarse_configuration``, ``coarse_spacing``: where a 3D whole-image scan does not fit
       the patch, its fields of view (:mod:`planners.fields_of_view`; each POI's margin is its heatmap support
-      plus one coarse voxel), the configuration of the whole-scan coarse pass that places them, and that
-      pass's spacing (the whole scan in one patch); absent otherwise.
+      plus one voxel of the coarse pass), the configuration of the whole-scan coarse pass that places them,
+      and that pass's spacing; absent otherwise.
     * ``cleaning``: per-id surface-distance fences, the voxel-diagonal floor, and how many points the
       cleaning report lists.
     """
@@ -387,9 +390,10 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         wanted = {(int(c["structure"]), int(c["poi"])) for c in field_of_view["channels"]}
         channels = [c for c in channels if (c["structure"], c["poi"]) in wanted]
         crop = np.asarray(field_of_view["extent_mm"], float)
-    elif plan_fields and mode == WHOLE_IMAGE and len(axes) == 3:
+    elif coarse_pass_spacing is not None and mode == WHOLE_IMAGE and len(axes) == 3:
         shapes = _case_shapes(fingerprint, [(c["structure"], c["poi"]) for c in channels], axes, flagged_set)
-        fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + coarse)
+        pass_spacing = np.asarray(coarse_pass_spacing, float)
+        fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + pass_spacing)
     prior = shape_prior(fingerprint, mode, channels, axes, spacing, sigma, flagged_set)
     templates = uv_templates(fingerprint, mode, channels, axes, flagged_set)
     block = {
@@ -414,7 +418,7 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
                      "report": "poi_cleaning.json"},
     }
     if fovs:
-        block.update(fields_of_view=fovs, coarse_configuration=COARSE_CONFIGURATION, coarse_spacing=_r(coarse))
+        block.update(fields_of_view=fovs, coarse_configuration=COARSE_CONFIGURATION, coarse_spacing=_r(pass_spacing))
     if field_of_view is not None:
         block["field_of_view"] = dict(field_of_view)
     if prior is not None:

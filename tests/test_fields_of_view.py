@@ -7,7 +7,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from planners.fields_of_view import plan_fields_of_view
+from planners.fields_of_view import next_coarse_spacing, plan_coarse_configuration, plan_fields_of_view
 from planners.poi_fingerprint import summarize
 from planners.poi_plan import poi_block
 from poi_nnunet.channels import ChannelLayout
@@ -63,10 +63,14 @@ def test_long_scan_block_has_fields_of_view_and_a_coarse_pass_and_each_field_its
     fp = _fingerprint([_leg(i) for i in range(4)] + [_leg(4, knee=False)])
     config = _config([1.5, 1.5, 1.5], [128, 96, 96])  # 192 mm of a 900 mm scan
     assert "fields_of_view" not in poi_block(fp, config, (0, 1, 2), {}, [], {})  # not asked for (3d_lowres)
-    block = poi_block(fp, config, (0, 1, 2), {}, [], {}, plan_fields=True)
+    block = poi_block(fp, config, (0, 1, 2), {}, [], {}, coarse_pass_spacing=[7.5, 7.5, 7.5])
     assert block["coarse_configuration"] == COARSE_CONFIGURATION
-    # the whole 900 mm at the coarse spacing in the 128-voxel patch: 900 / 128 mm along z
-    np.testing.assert_allclose(block["coarse_spacing"], [900 / 128, 1.5625, 1.5625], rtol=1e-4)
+    assert block["coarse_spacing"] == [7.5, 7.5, 7.5]
+    # each field of view: its POIs' 95th-percentile box plus, on both sides, the heatmap's 3 sigma and one voxel
+    # of the coarse pass; the hip's three POIs lie 2 x (4 + i) mm apart along z (at most 16 mm over these cases)
+    sigma = block["heatmap_sigma_mm"]
+    hip_z = np.percentile([2 * (4 + i) for i in range(5)], 95)
+    assert block["fields_of_view"][0]["extent_mm"][0] == pytest.approx(hip_z + 2 * (3 * sigma + 7.5), abs=1e-3)
     plan = PoiPlan.from_block(block)
     assert [f.channels for f in plan.fields_of_view] == [((1, 1), (1, 2), (1, 3)), ((1, 4), (1, 5), (1, 6)),
                                                         ((1, 7), (1, 8), (1, 9))]
@@ -79,7 +83,31 @@ def test_long_scan_block_has_fields_of_view_and_a_coarse_pass_and_each_field_its
     assert fov_block["crop_size_mm"] == knee["extent_mm"] and "fields_of_view" not in fov_block
     # a configuration whose patch shows the whole scan plans none
     assert "fields_of_view" not in poi_block(fp, _config([8.0, 1.5, 1.5], [128, 112, 112]), (0, 1, 2), {}, [], {},
-                                             plan_fields=True)
+                                             coarse_pass_spacing=[8.0, 8.0, 8.0])
+
+
+def test_coarse_spacing_grows_as_nnunet_grows_3d_lowres() -> None:
+    # axes more than twice as fine as the coarsest grow alone, 3% a step; otherwise every axis does
+    np.testing.assert_allclose(next_coarse_spacing(np.array([6.0, 1.0, 1.5])), [6.0, 1.03, 1.545])
+    np.testing.assert_allclose(next_coarse_spacing(np.array([2.0, 1.0, 1.0])), [2.06, 1.03, 1.03])
+
+
+def test_the_coarse_pass_is_the_finest_spacing_whose_planned_patch_shows_the_whole_scan() -> None:
+    asked = []
+
+    def plan_at(spacing: np.ndarray, shape: tuple) -> dict:
+        """A planner whose memory allows 128 voxels along z and 32 across."""
+        asked.append((spacing.copy(), shape))
+        return {"spacing": list(spacing), "patch_size": [min(shape[0], 128), min(shape[1], 32), min(shape[2], 32)]}
+
+    config = plan_coarse_configuration(plan_at, [1.5, 1.5, 1.5], np.array([900.0, 150.0, 150.0]))
+    # 900 mm in 128 voxels needs 7.03 mm, 150 mm in 32 needs 4.69: isotropic growth from 1.5 mm, 3% a step,
+    # first passes 7.03 after k = 53 steps (1.5 * 1.03^52 = 6.98, 1.5 * 1.03^53 = 7.19), where the scan is
+    # ceil(900 / 7.19) = 126 by ceil(150 / 7.19) = 21 voxels
+    expected = 1.5 * 1.03 ** 53
+    np.testing.assert_allclose(config["spacing"], [expected] * 3, rtol=1e-9)
+    assert config["patch_size"] == [126, 21, 21] and config["batch_dice"] is False
+    assert len(asked) == 54 and asked[0][1] == (600, 100, 100)
 
 
 def test_a_field_of_view_crop_is_centred_on_its_pois() -> None:
@@ -151,7 +179,8 @@ def test_fov_option_names_what_there_is(monkeypatch: pytest.MonkeyPatch) -> None
     from poi_nnunet.errors import PoiNnunetError
 
     fp = _fingerprint([_leg(i) for i in range(4)])
-    block = poi_block(fp, _config([1.5, 1.5, 1.5], [128, 96, 96]), (0, 1, 2), {}, [], {}, plan_fields=True)
+    block = poi_block(fp, _config([1.5, 1.5, 1.5], [128, 96, 96]), (0, 1, 2), {}, [], {},
+                      coarse_pass_spacing=[7.5, 7.5, 7.5])
     plans = {"configurations": {"3d_fullres": {"poi": block}}}
     monkeypatch.setattr("poi_nnunet.trainer_factory.read_plans", lambda *a: (plans, {}))
     request = FoldRequest("600", "3d_fullres", "coarse_refine", 0, "poiPlans", "cpu")
