@@ -20,7 +20,7 @@ mirroring); TRE (mm) median / mean / p95 over the reference points found, and ho
 ``augmentation_ablation.json`` and printed as a table.
 
     python benchmarks/augmentation_ablation.py --work /tmp/aug --phantom spine --cases 12 --test 4 \\
-        --registration 2 --iterations 600 [--device cuda --per-epoch 100 --jobs 4]
+        --registration 2 --iterations 600 [--shape 48 40 40] [--device cuda --per-epoch 100 --jobs 4]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -45,7 +45,8 @@ ROWS = {"none": (False, "coarse_refine_no_elastic"), "elastic": (False, "coarse_
         "registration": (True, "coarse_refine_no_elastic"), "both": (True, "coarse_refine")}
 
 
-def prepare(work: Path, phantom: str, cases: int, test: int, registration: int, seed: int) -> Dict[bool, str]:
+def prepare(work: Path, phantom: str, cases: int, test: int, registration: int, seed: int,
+            shape: Optional[Sequence[int]] = None) -> Dict[bool, str]:
     """Write, plan and augment the phantom once; the dataset names, original (False) and augmented (True)."""
     from poi_nnunet.cli.augment import main as augment
     from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
@@ -61,7 +62,8 @@ def prepare(work: Path, phantom: str, cases: int, test: int, registration: int, 
             from dataset_conversion.synthetic_spine import write_spine_dataset as write
         else:
             from dataset_conversion.synthetic_leg import write_leg_dataset as write
-        write(work / "raw" / original, num_cases=cases, num_test=test, seed=seed, overwrite=True)
+        options = {} if shape is None else {"shape": tuple(shape)}
+        write(work / "raw" / original, num_cases=cases, num_test=test, seed=seed, overwrite=True, **options)
     if not (work / "raw" / augmented / "dataset.json").is_file():
         assert augment(["-d", str(number), "--registration", str(registration), "--output-id", str(number + 1),
                         "--name", f"{name}Reg", "-np", str(max(1, os.cpu_count() or 1)), "--no_pbar"]) == 0
@@ -107,12 +109,13 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", type=int, nargs=3, help="phantom shape (z y x; default: the converter's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
     add_run_arguments(parser, "trainings and predictions")
     args = parser.parse_args(argv)
     settings = RunSettings(args.threads, args.device, args.per_epoch, args.da_workers, args.train_seconds)
-    names = prepare(args.work, args.phantom, args.cases, args.test, args.registration, args.seed)
+    names = prepare(args.work, args.phantom, args.cases, args.test, args.registration, args.seed, args.shape)
 
     def row(name: str) -> Dict[str, object]:
         augmented, trainer = ROWS[name]
