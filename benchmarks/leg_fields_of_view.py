@@ -11,10 +11,11 @@ Steps (each skipped where its output exists, so a run resumes):
 2. With ``--width-divisor K`` > 1, copies of the plans (``poiPlansW<K>``, ``poiPlansW<K>_fov1``, ...) with the
    feature widths divided by K, on the same preprocessed data (a CPU budget; the numbers then speak for the
    method's relative stages, not for nnU-Net-size networks).
-3. ``poi_train D 3d_fullres coarse_refine --fov all -f all`` with ``--epochs`` x ``--iterations``.
+3. ``poi_train D 3d_fullres coarse_refine --fov all -f all`` with ``--epochs`` x ``--iterations`` (the coarse
+   pass by the heatmap trainer, the fields of view by ``coarse_refine``).
 4. Prediction of ``imagesTs`` at ``--min_confidence 0`` without mirroring: ``poi_predict -c 3d_fullres`` (the
    coarse pass places the fields of view, refined points), the same with the field-of-view models' soft-argmax
-   points, ``poi_predict -c 3d_coarse`` (the coarse pass alone), and the field-of-view models placed at their
+   points, ``poi_predict -c 3d_coarse -tr heatmap`` (the coarse pass alone), and the field-of-view models placed at their
    reference POIs' box instead (soft-argmax and refined: the field models' own accuracy, whatever the coarse
    pass does).
 5. TRE (mm) against ``poisTs``: per field of view and overall, median / mean / p95 over the reference points
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from planners.experiment_planner import PoiExperimentPlanner  # noqa: E402
+from poi_nnunet.plan import COARSE_PASS_TRAINER  # noqa: E402
 
 DATASET_ID = 630
 DATASET = f"Dataset{DATASET_ID}_LegLong"
@@ -128,12 +130,14 @@ def predict(work: Path, plans: str, device: str) -> Dict[str, Path]:
     from poi_nnunet.trained_models import find_long_scan_models, load_long_scan_models
 
     images = work / "raw" / DATASET / "imagesTs"
-    common = ["-d", str(DATASET_ID), "-tr", TRAINER, "-p", plans, "-f", "all", "-device", device, "--min_confidence",
-              "0", "--disable_tta", "--no_pbar", "--overwrite"]
+    options = ["-p", plans, "-f", "all", "-device", device, "--min_confidence", "0", "--disable_tta", "--no_pbar",
+               "--overwrite"]
+    common = ["-d", str(DATASET_ID), "-tr", TRAINER, *options]
     folders = {"refined": work / "pred_refined", "fov_coarse": work / "pred_fov_coarse",
                "coarse_pass": work / "pred_coarse_pass"}
     assert predict_main(["-i", str(images), "-o", str(folders["refined"]), "-c", "3d_fullres", *common]) == 0
-    assert predict_main(["-i", str(images), "-o", str(folders["coarse_pass"]), "-c", "3d_coarse", *common]) == 0
+    assert predict_main(["-i", str(images), "-o", str(folders["coarse_pass"]), "-d", str(DATASET_ID), "-c", "3d_coarse",
+                         "-tr", COARSE_PASS_TRAINER, *options]) == 0
     coarse, fields = find_long_scan_models(str(DATASET_ID), "3d_fullres", TRAINER, plans)
     models = load_long_scan_models(coarse, fields, ["all"], device=device, use_mirroring=False, min_confidence=0.0)
     for _, predictor in models.fields:

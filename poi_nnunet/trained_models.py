@@ -10,7 +10,7 @@ from .errors import PoiNnunetError
 from .inference.decoding import MIN_CONFIDENCE
 from .inference.fields_of_view import LongScanModels
 from .inference.model import DEFAULT_CHECKPOINT, DEFAULT_PLANS, FoldLike, ModelFolder, find_model_folder, predictor_for
-from .plan import COARSE_CONFIGURATION, FieldOfView, PoiPlan
+from .plan import COARSE_CONFIGURATION, COARSE_PASS_TRAINER, FieldOfView, PoiPlan
 
 
 def find_model(dataset: str, configuration: str, trainer: str, plans: str = DEFAULT_PLANS) -> ModelFolder:
@@ -51,7 +51,7 @@ def find_long_scan_models(dataset: str, configuration: str, trainer: str,
     if not predicts_fields_of_view(cls):
         return None  # only coarse_refine trains per field of view (poi_train --fov refuses the others)
     try:
-        coarse = find_model_folder(dataset, COARSE_CONFIGURATION, cls, plans)
+        coarse = find_model_folder(dataset, COARSE_CONFIGURATION, trainer_class(COARSE_PASS_TRAINER), plans)
     except PoiNnunetError:
         return None
     fields = PoiPlan.from_block(coarse.plans["configurations"][configuration].get("poi"),

@@ -185,9 +185,9 @@ def test_fov_option_names_what_there_is(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("poi_nnunet.trainer_factory.read_plans", lambda *a: (plans, {}))
     request = FoldRequest("600", "3d_fullres", "coarse_refine", 0, "poiPlans", "cpu")
     every = train.field_of_view_requests(request, "all")
-    assert [(r.configuration, r.plans) for r in every] == [
-        (COARSE_CONFIGURATION, "poiPlans"), ("3d_fullres", "poiPlans_fov1"), ("3d_fullres", "poiPlans_fov2"),
-        ("3d_fullres", "poiPlans_fov3")]
+    assert [(r.configuration, r.plans, r.trainer) for r in every] == [
+        (COARSE_CONFIGURATION, "poiPlans", "heatmap"), ("3d_fullres", "poiPlans_fov1", "coarse_refine"),
+        ("3d_fullres", "poiPlans_fov2", "coarse_refine"), ("3d_fullres", "poiPlans_fov3", "coarse_refine")]
     with pytest.raises(PoiNnunetError, match="there are: fov1, fov2, fov3"):
         train.field_of_view_requests(request, "knee")
     with pytest.raises(PoiNnunetError, match="does not predict per field of view"):

@@ -79,7 +79,7 @@ def test_long_scan_plans_train_and_predict_merged(trained: dict, monkeypatch: py
 
     results = folders["nnUNet_results"] / NAME
     trained = sorted(p.name for p in results.iterdir())
-    assert trained == sorted(["PoiCoarseRefineTrainer__poiPlans__3d_coarse"]
+    assert trained == sorted(["PoiHeatmapTrainer__poiPlans__3d_coarse"]
                              + [f"PoiCoarseRefineTrainer__poiPlans_{f['name']}__3d_fullres" for f in fovs])
 
     out = folders["nnUNet_results"].parent / "predicted"
@@ -102,7 +102,7 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(trained: dict, monke
     are listed as not found, the others are written. And at the default threshold the untrained coarse pass's
     guesses place no field of view at all, whatever ``--min_confidence`` the points are written at."""
     from poi_nnunet.cli.predict import main as predict
-    from poi_nnunet.inference import coarse_refine
+    from poi_nnunet.inference import fields_of_view
     from poi_nnunet.pois import read_poi_file
 
     folders = trained
@@ -119,15 +119,12 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(trained: dict, monke
     monkeypatch.setattr("poi_nnunet.trained_models.MIN_CONFIDENCE", 0.0)  # every guess places its field of view
     plans = json.loads((folders["nnUNet_preprocessed"] / NAME / "poiPlans.json").read_text())
     hidden = {c["poi"] for c in plans["configurations"]["3d_fullres"]["poi"]["fields_of_view"][0]["channels"]}
-    original = coarse_refine.CoarseRefinePredictor.tiled_points
+    original = fields_of_view.merged_points
 
-    def coarse_pass_blind_to_the_first(self, volume, crops):
-        points = original(self, volume, crops)
-        if self.poi_plan.field_of_view is None:  # the coarse pass (a field of view's model has its own)
-            return points.select(~np.isin(points.pois, list(hidden)))
-        return points
+    def coarse_pass_blind_to_the_first(models, coarse_points, *args, **kwargs):
+        return original(models, coarse_points.select(~np.isin(coarse_points.pois, list(hidden))), *args, **kwargs)
 
-    monkeypatch.setattr(coarse_refine.CoarseRefinePredictor, "tiled_points", coarse_pass_blind_to_the_first)
+    monkeypatch.setattr(fields_of_view, "merged_points", coarse_pass_blind_to_the_first)
     out = folders["nnUNet_results"].parent / "predicted_cut"
     assert predict(["-i", str(images), "-o", str(out), "-d", str(DATASET), "-c", "3d_fullres", "-tr",
                     "coarse_refine", "-f", "all", "-device", "cpu", "--min_confidence", "0", "--disable_tta",

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fov", default=None, metavar="NAME",
                         help="long scans split into fields of view by the planner (the plans' fields_of_view): train "
                         "the model of field of view NAME (plans <plans>_NAME, e.g. poiPlans_fov1), 'coarse' for the "
-                        "whole-scan coarse pass that places them in a new scan (configuration 3d_coarse), or 'all' "
+                        "whole-scan coarse pass that places them in a new scan (configuration 3d_coarse, always "
+                        "trained by the heatmap trainer: its points only place the fields of view), or 'all' "
                         "for the coarse pass and then every field of view, one after the other (poi_predict needs "
                         "all of them)")
     return parser
@@ -75,13 +76,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def field_of_view_requests(request, which: str) -> list:
-    """The trainings ``--fov which`` stands for: the coarse pass (``3d_coarse`` under the same plans) and/or a
+    """The trainings ``--fov which`` stands for: the coarse pass (``3d_coarse`` under the same plans, by
+    :data:`~poi_nnunet.plan.COARSE_PASS_TRAINER`) and/or a
     field of view's model (the configuration under the plans ``<plans>_<name>``); an unknown name, or plans
     without fields of view, is an error that lists what there is."""
     from dataclasses import replace
 
     from ..errors import PoiNnunetError
-    from ..plan import PoiPlan
+    from ..plan import COARSE_PASS_TRAINER, PoiPlan
     from ..trainer_factory import read_plans
 
     from trainers.registry import trainer_class
@@ -97,7 +99,7 @@ def field_of_view_requests(request, which: str) -> list:
     if not plan.fields_of_view:
         raise PoiNnunetError(f"--fov: the {request.configuration} configuration of {request.plans} has no fields of "
                              "view (its scans fit the patch, or they are planned per structure); train without --fov")
-    coarse = replace(request, configuration=plan.coarse_configuration)
+    coarse = replace(request, configuration=plan.coarse_configuration, trainer=COARSE_PASS_TRAINER)
     fields = {fov.name: replace(request, plans=fov.plans_name(request.plans)) for fov in plan.fields_of_view}
     if which == "all":
         return [coarse] + list(fields.values())

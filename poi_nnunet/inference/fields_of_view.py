@@ -4,7 +4,8 @@ field of view, its own model predicts its POIs, and all are merged into one outp
 Per case:
 
 1. **Coarse pass.** The ``3d_coarse`` model (the plans' ``coarse_configuration``: the whole scan in one
-   patch at the coarse spacing) predicts every POI and the segmentation. The segmentation written is
+   patch at the coarse spacing, trained by :data:`~poi_nnunet.plan.COARSE_PASS_TRAINER`) predicts every POI
+   and the segmentation. The segmentation written is
    this pass's; its points are not written, they only place the fields of view.
 2. **Fields of view.** Each field of view is centred on the middle of the box of its POIs' coarse estimates
    that were found (confidence at or above the default threshold, 0.1, whatever ``--min_confidence``
