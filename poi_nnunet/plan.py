@@ -30,7 +30,7 @@ COARSE_CONFIGURATION = "3d_coarse"
 # The trainer of that coarse pass, whatever trainer the fields of view get: its points only place the fields of
 # view (within a margin of one coarse voxel), so it needs heatmap peaks and their confidence, not refinement.
 # On the leg phantom the heatmap trainer learnt it where coarse_refine (its heatmap term weighted 1 / C beside
-# the point terms) had not left the zero-heatmap plateau after 2400 CPU iterations, at 0.4 of the step time.
+# the point terms) had not left the zero-heatmap plateau after 2400 CPU iterations, at a third of the step time.
 COARSE_PASS_TRAINER = "heatmap"
 
 # Values of version-1 blocks, which did not record them (the code then had them as constants).
