@@ -15,8 +15,8 @@ Steps (each skipped where its output exists, so a run resumes):
    pass by the heatmap trainer, the fields of view by ``coarse_refine``).
 4. Prediction of ``imagesTs`` at ``--min_confidence 0`` without mirroring: ``poi_predict -c 3d_fullres`` (the
    coarse pass places the fields of view, refined points), the same with the field-of-view models' soft-argmax
-   points, ``poi_predict -c 3d_coarse -tr heatmap`` (the coarse pass alone), and the field-of-view models placed at their
-   reference POIs' box instead (soft-argmax and refined: the field models' own accuracy, whatever the coarse
+   points, ``poi_predict -c 3d_coarse -tr heatmap`` (the coarse pass alone), and the field-of-view models placed at
+   their reference POIs' box instead (soft-argmax and refined: the field models' own accuracy, whatever the coarse
    pass does).
 5. TRE (mm) against ``poisTs``: per field of view and overall, median / mean / p95 over the reference points
    found, and how many were found; written to ``leg_fields_of_view.json`` and printed as a table.

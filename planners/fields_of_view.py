@@ -5,11 +5,11 @@ spacing (a leg from hip to ankle) is split into fields of view: groups of POI
 channels that lie close enough along the scan to be seen in one patch. Stretches
 without POIs (the shafts) belong to no field of view. Each field of view gets
 its own model (``poi_train ... --fov NAME``), trained on crops centred on its
-POIs; a new scan is searched by a whole-scan model at the coarse spacing
-(:func:`coarse_configuration`), and each field of view is placed at the mean of
-its POIs' coarse estimates (see :mod:`poi_nnunet.inference.fields_of_view` for
-why neither the segmentation nor the image extent). The coarse pass is planned by
-nnU-Net's own rules (:func:`plan_coarse_configuration`).
+POIs; a new scan is searched by a whole-scan model, the coarse pass, planned by
+nnU-Net's own rules (:func:`plan_coarse_configuration`), and each field of view
+is placed at the middle of the box of its POIs' coarse estimates (see
+:mod:`poi_nnunet.inference.fields_of_view` for why neither the segmentation nor
+the image extent).
 
 Grouping (:func:`plan_fields_of_view`): channels are sorted by their median
 position along the axis the scan overflows most, then taken greedily: a channel
@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
 
 FOV_PERCENTILE = 95  # of the per-case box of a group's POIs
 
