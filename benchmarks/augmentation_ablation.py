@@ -1,10 +1,11 @@
 """Augmentation ablation (seed 000): ``coarse_refine`` with nnU-Net's augmentation only, with elastic
 deformation, with registration-based samples (``poi_augment``), and with both, on the same budget.
 
-One phantom (``--phantom spine``: structure crops; ``leg``: whole image at the converter's default shape, whose
-scan fits one patch) is written with ``--cases`` training and ``--test`` held-out cases, planned, and augmented
-by ``poi_augment --registration N`` into a second dataset (its cases plus N registered samples per case),
-planned too. Rows, each trained on fold ``all`` for ``--iterations`` (:mod:`benchmarks.timed_training`):
+One phantom (``--phantom spine``: structure crops; ``leg``: whole image, at the converter's default shape a scan
+that fits one patch; ``--shape`` sets another, read only when the raw dataset is written) is written with
+``--cases`` training and ``--test`` held-out cases, planned, and augmented by ``poi_augment --registration N``
+into a second dataset (its cases plus N registered samples per case), planned too. Rows, each trained on fold
+``all`` for ``--iterations`` (:mod:`benchmarks.timed_training`):
 
 ========== ================= ===============================
 row        dataset           trainer

@@ -13,13 +13,15 @@ backward and optimiser step; no data loading).
     python benchmarks/single_batch_fit.py 630 3d_coarse coarse_refine -p poiPlansW4 --steps 300 \\
         [--set coarse_weight=0 refine_weight=0] [--threads 1]
 
-Needs ``nnUNet_preprocessed`` (and ``nnUNet_results``: the trainer creates its output folder there).
+Needs ``nnUNet_preprocessed``. The trainer's output folder goes into a temporary ``nnUNet_results``, removed at
+the end, so a model trained under the same name is never touched.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -51,7 +53,8 @@ def fit(dataset: str, configuration: str, trainer: str, plans: str, steps: int, 
     for name, value in attributes.items():
         if not hasattr(cls, name):
             raise SystemExit(f"--set {name}: {cls.__name__} has no attribute {name}")
-        setattr(cls, name, type(getattr(cls, name))(value))
+        current = getattr(cls, name)
+        setattr(cls, name, value if current is None else type(current)(value))
     torch.manual_seed(0)
     instance = build_trainer(dataset, configuration, trainer, "all", plans, device="cpu", epochs=1,
                              iterations_per_epoch=steps)
@@ -82,11 +85,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     os.environ.setdefault("nnUNet_n_proc_DA", "0")  # the one batch is drawn in this process (no planning here)
-    if args.threads:
-        import torch
+    with tempfile.TemporaryDirectory(prefix="single_batch_fit_") as results:
+        os.environ["nnUNet_results"] = results  # read by nnunetv2.paths when the trainer is imported, below
+        if args.threads:
+            import torch
 
-        torch.set_num_threads(args.threads)
-    fit(args.dataset, args.configuration, args.trainer, args.plans, args.steps, args.every, overrides(args.set))
+            torch.set_num_threads(args.threads)
+        fit(args.dataset, args.configuration, args.trainer, args.plans, args.steps, args.every, overrides(args.set))
     return 0
 
 

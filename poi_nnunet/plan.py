@@ -27,8 +27,8 @@ CROP_MODES = (STRUCTURE_MODE, WHOLE_IMAGE)
 # The configuration of the coarse pass over whole long scans (planned beside 3d_fullres where its block has
 # fields of view; planners.fields_of_view).
 COARSE_CONFIGURATION = "3d_coarse"
-# The trainer of that coarse pass, whatever trainer the fields of view get: its points only place the fields of
-# view (within a margin of one coarse voxel), so it needs heatmap peaks and their confidence, not refinement.
+# The trainer of that coarse pass, whatever trainer the fields of view get: its points only centre the fields of
+# view's crops, so it needs heatmap peaks and their confidence, not sub-voxel refinement.
 # On the leg phantom the heatmap trainer learnt it where coarse_refine (its heatmap term weighted 1 / C beside
 # the point terms) had not left the zero-heatmap plateau after 2400 CPU iterations, at a third of the step time.
 COARSE_PASS_TRAINER = "heatmap"

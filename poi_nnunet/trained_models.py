@@ -74,7 +74,9 @@ def load_long_scan_models(coarse: ModelFolder, fields: Sequence[Tuple[FieldOfVie
                           device: Union[str, torch.device] = "cuda", **predictor_kwargs: Any) -> LongScanModels:
     """Ready predictors of the coarse pass and of every field of view, each with the same folds and options, but
     the coarse pass always at the default confidence threshold (its points only place the fields of view, and
-    one below it must not place a field of view the scan lacks)."""
+    one below it must not place a field of view the scan lacks). The coarse pass is a heatmap model
+    (:data:`~poi_nnunet.plan.COARSE_PASS_TRAINER`), so ``predictor_kwargs`` are the options every predictor
+    takes (nnU-Net's and ``min_confidence``); set options of the field models' own predictor on them after."""
     coarse_kwargs = {**predictor_kwargs, "min_confidence": MIN_CONFIDENCE}
     return LongScanModels(predictor_for(coarse, folds, checkpoint_name, device, **coarse_kwargs),
                           [(fov, predictor_for(model, folds, checkpoint_name, device, **predictor_kwargs))

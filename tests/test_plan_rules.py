@@ -83,7 +83,7 @@ def test_structure_mode_block_on_a_spine_like_fingerprint() -> None:
     # elastic: the crop is cut to the 64-voxel patch, 5% of 64 = 3.2 voxels (above the 3-voxel floor)
     np.testing.assert_allclose(block["elastic_magnitude_voxels"], [1.6, 3.2])
     assert block["heatmap_amplitude"] == 10.0 and block["peak_support_sigmas"] == 3.0
-    # nothing is planned that no code reads (the coarse pass and fields of view are not built yet)
+    # structure crops fit the patch: no fields of view, no coarse pass (and no keys no code reads)
     assert not {"coarse_spacing", "coarse_patch_size", "coarse_to_fine", "fields_of_view"} & set(block)
 
 

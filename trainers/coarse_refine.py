@@ -12,8 +12,8 @@ points moved exactly by the point-aware transforms. Only the centre structure's 
 neighbours are context (:mod:`trainers.coarse_refine_loss` has the loss and its weights).
 
 Resolution: heatmaps, coarse points and refinement patches all live at the configuration's spacing
-on patch-size crops; a separate low-resolution coarse pass is not built yet (the plans do not
-pretend one: they record no coarse spacing).
+on patch-size crops. Long scans get a separate whole-scan coarse pass that places one such model per
+field of view (:mod:`planners.fields_of_view`, :mod:`poi_nnunet.inference.fields_of_view`).
 
 Many POIs: a training step refines ``refine_subset`` channels per sample (the centre structure's valid
 targets first, random ones to fill), not all C, so its patch sampling, patch CNN and attention cost

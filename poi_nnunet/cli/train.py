@@ -66,8 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           validate=not args.no_validation)
     requests = [request] if args.fov is None else field_of_view_requests(request, args.fov)
     for one in requests:
-        if len(requests) > 1:
-            print(f"=== {one.configuration}, plans {one.plans} ===", flush=True)
+        if args.fov is not None:  # the coarse pass has its own trainer: say which runs
+            print(f"=== {one.configuration}, plans {one.plans}, trainer {one.trainer} ===", flush=True)
         if args.num_gpus != 1:
             _train_distributed(one, args.num_gpus)
         else:
