@@ -210,7 +210,9 @@ def test_a_killed_worker_loses_only_its_running_trial(env: Dict[str, Path]) -> N
             worker.wait()
     killed = running[0].number
     assert _study(env, "resume").trials[killed].state == TrialState.RUNNING
-    time.sleep(2.5)  # its heartbeat (every second) is now older than the grace period (two)
+    # its heartbeat (every second) must be older than the grace period (two seconds) by SQLite's clock, which
+    # Optuna reads as CURRENT_TIMESTAMP: whole seconds, so an age of 2.5 s can read as 2 and not be stale yet
+    time.sleep(3.5)
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
