@@ -84,6 +84,14 @@ def _study(env: Dict[str, Path], name: str = "heatmap__poiPlans__2d__fold0") -> 
     return optuna.load_study(study_name=name, storage=f"sqlite:///{_storage(env)}")
 
 
+def _has_heartbeat(env: Dict[str, Path], trial_id: int) -> bool:
+    """Whether the trial's heartbeat thread has written its first beat (read from the SQLite file itself)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(_storage(env), timeout=60)) as db:
+        return db.execute("SELECT COUNT(*) FROM trial_heartbeats WHERE trial_id = ?", (trial_id,)).fetchone()[0] > 0
+
+
 # ---------------------------------------------------------------------------------------------- search spaces
 def test_every_poi_trainer_declares_a_search_space_of_real_names(env: Dict[str, Path]) -> None:
     plans = json.loads((env["nnUNet_preprocessed"] / DATASET / "poiPlans.json").read_text())
@@ -199,8 +207,9 @@ def test_a_killed_worker_loses_only_its_running_trial(env: Dict[str, Path]) -> N
         trial_plans = env["nnUNet_preprocessed"] / DATASET
         while time.monotonic() < deadline and not running and worker.poll() is None:
             time.sleep(0.2)
-            if list(trial_plans.glob("poiPlans_tune_resume_t*.json")):  # values sampled, heartbeat on: training
-                running = _study(env, "resume").get_trials(states=(TrialState.RUNNING,))
+            if list(trial_plans.glob("poiPlans_tune_resume_t*.json")):  # values sampled: training
+                running = [t for t in _study(env, "resume").get_trials(states=(TrialState.RUNNING,))
+                           if _has_heartbeat(env, t._trial_id)]  # Optuna never fails a trial with none
         assert running, "the worker never started a trial"
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
