@@ -10,10 +10,10 @@ import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
-from poi_nnunet.plan import COARSE_CONFIGURATION, WHOLE_IMAGE, FieldOfView
+from poi_nnunet.plan import COARSE_CONFIGURATION, FieldOfView
 
-from .fields_of_view import overflow_axis, plan_coarse_configuration
-from .poi_plan import crop_size_mm, crop_mode, fingerprint_axes, poi_block
+from .fields_of_view import plan_coarse_configuration
+from .poi_plan import long_scan_crop_mm, poi_block
 
 PLANS_IDENTIFIER = "poiPlans"
 
@@ -99,13 +99,8 @@ class PoiExperimentPlanner(ExperimentPlanner):
 
     def _coarse_pass(self, fullres: dict, transpose_forward: List[int]) -> Optional[dict]:
         """The ``3d_coarse`` configuration where a 3D whole-image scan overflows ``fullres``'s patch, else None."""
-        summary = self.poi_fingerprint["summary"]
-        mode = crop_mode(summary)
-        if mode != WHOLE_IMAGE or summary["dim"] != 3 or len(fullres["spacing"]) != 3:
-            return None
-        crop = crop_size_mm(self.poi_fingerprint, mode)[fingerprint_axes(transpose_forward, 3, summary["dim"])]
-        spacing = np.asarray(fullres["spacing"], float)
-        if overflow_axis(crop, np.asarray(fullres["patch_size"], float) * spacing) is None:
+        crop = long_scan_crop_mm(self.poi_fingerprint, fullres, transpose_forward)
+        if crop is None:
             return None
         cache: dict = {}
         identifier = self.generate_data_identifier(COARSE_CONFIGURATION)
@@ -114,7 +109,7 @@ class PoiExperimentPlanner(ExperimentPlanner):
             n_voxels = float(np.prod(shape, dtype=np.float64) * self.dataset_json["numTraining"])
             return self.get_plans_for_configuration(at_spacing, shape, identifier, n_voxels, cache)
 
-        config = plan_coarse_configuration(plan_at, spacing, crop)
+        config = plan_coarse_configuration(plan_at, np.asarray(fullres["spacing"], float), crop)
         recursive_fix_for_json_export(config)
         return config
 

@@ -20,7 +20,7 @@ from poi_nnunet.shape_prior import ShapeGroup, ShapePrior, procrustes_mean
 from poi_nnunet.uv.template import UvTemplate, UvTemplates
 
 from .cleaning import MIN_VOXEL_DIAGONALS
-from .fields_of_view import plan_fields_of_view
+from .fields_of_view import overflow_axis, plan_fields_of_view
 
 # 3: shape_prior; 4: its mean keeps the orientation, fitted by translation and scale; 5: uv_templates;
 # 6: heatmap_deep_supervision; 7: point_sup_extent_mm; 8: fields_of_view (long scans)
@@ -59,6 +59,24 @@ def crop_mode(summary: Dict[str, Any]) -> str:
     on_zero = "0" in summary["structures"]
     shared = summary["shared_poi_fraction"] >= SHARED_POI_FRACTION_FOR_STRUCTURE_MODE
     return STRUCTURE_MODE if shared and not on_zero else WHOLE_IMAGE
+
+
+def long_scan_crop_mm(fingerprint: Dict[str, Any], configuration: Dict[str, Any],
+                      transpose_forward: Sequence[int]) -> Optional[np.ndarray]:
+    """What a long scan covers (mm, configuration axes) where the configuration needs fields of view: a 3D
+    whole-image dataset whose scans (95th percentile) do not fit its patch at its spacing; None otherwise.
+
+    The one rule for "this is a long scan": the planner plans a coarse pass where it holds, and
+    :func:`poi_block` plans fields of view where it holds.
+    """
+    summary = fingerprint["summary"]
+    mode = crop_mode(summary)
+    spacing = np.asarray(configuration["spacing"], float)
+    if mode != WHOLE_IMAGE or summary["dim"] != 3 or len(spacing) != 3:
+        return None
+    crop = crop_size_mm(fingerprint, mode)[fingerprint_axes(transpose_forward, 3, summary["dim"])]
+    patch_mm = np.asarray(configuration["patch_size"], float) * spacing
+    return crop if overflow_axis(crop, patch_mm) is not None else None
 
 
 def crop_size_mm(fingerprint: Dict[str, Any], mode: str) -> np.ndarray:
@@ -390,7 +408,7 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         wanted = {(int(c["structure"]), int(c["poi"])) for c in field_of_view["channels"]}
         channels = [c for c in channels if (c["structure"], c["poi"]) in wanted]
         crop = np.asarray(field_of_view["extent_mm"], float)
-    elif coarse_pass_spacing is not None and mode == WHOLE_IMAGE and len(axes) == 3:
+    elif coarse_pass_spacing is not None and long_scan_crop_mm(fingerprint, configuration, transpose_forward) is not None:
         shapes = _case_shapes(fingerprint, [(c["structure"], c["poi"]) for c in channels], axes, flagged_set)
         pass_spacing = np.asarray(coarse_pass_spacing, float)
         fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + pass_spacing)
