@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from poi_nnunet.plan import FIELD_OF_VIEW_PREFIX
+
 FOV_PERCENTILE = 95  # of the per-case box of a group's POIs
 
 
@@ -64,7 +66,7 @@ def plan_fields_of_view(shapes: np.ndarray, channels: Sequence[Dict[str, Any]], 
     out = []
     for n, members in enumerate(groups, start=1):
         box = group_box_mm(shapes[:, members]) + 2 * np.asarray(margin_mm, float)
-        out.append({"name": f"fov{n}",
+        out.append({"name": f"{FIELD_OF_VIEW_PREFIX}{n}",
                     "channels": [{"structure": channels[k]["structure"], "poi": int(channels[k]["poi"])}
                                  for k in sorted(members)],
                     "extent_mm": [round(float(v), 3) for v in np.minimum(box, patch_mm)]})

@@ -32,6 +32,8 @@ COARSE_CONFIGURATION = "3d_coarse"
 # On the leg phantom the heatmap trainer learnt it where coarse_refine (its heatmap term weighted 1 / C beside
 # the point terms) had not left the zero-heatmap plateau after 2400 CPU iterations, at a third of the step time.
 COARSE_PASS_TRAINER = "heatmap"
+# Fields of view are named fov1, fov2, ... along the scan; their plans are <plans>_fov1, ... (FieldOfView.plans_name)
+FIELD_OF_VIEW_PREFIX = "fov"
 
 # Values of version-1 blocks, which did not record them (the code then had them as constants).
 DEFAULT_HEATMAP_AMPLITUDE = 10.0
@@ -54,6 +56,13 @@ class FieldOfView:
         """Plans identifier of this field of view's model (``poiPlans_fov1``, as ``poi_pseudo_masks`` names its
         planes' plans): its results folder is nnU-Net's ``<trainer>__poiPlans_fov1__3d_fullres``."""
         return f"{plans_name}_{self.name}"
+
+    @staticmethod
+    def is_plans_name(name: str, plans_name: str) -> bool:
+        """Whether plans identifier ``name`` is the plans of some field of view of ``plans_name``
+        (``poiPlans_fov3`` of ``poiPlans``; not ``poiPlans_fov1_tuned``)."""
+        number = name[len(plans_name) + 1 + len(FIELD_OF_VIEW_PREFIX):]
+        return name.startswith(f"{plans_name}_{FIELD_OF_VIEW_PREFIX}") and number.isdigit()
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any]) -> "FieldOfView":

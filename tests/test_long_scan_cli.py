@@ -140,7 +140,8 @@ def test_a_field_of_view_the_coarse_pass_misses_is_reported(trained: dict, monke
 
 def test_replanning_without_fields_of_view_drops_the_coarse_pass(tmp_path) -> None:
     """nnU-Net keeps configurations of the plans file it replaces: a re-plan whose patch shows the whole scan must
-    not keep (and preprocess) the coarse pass planned before."""
+    not keep (and preprocess) the coarse pass planned before, nor the fields of view's plans (a model trained on
+    them would learn channels the plans no longer have); plans a user named otherwise stay."""
     from dataset_conversion.synthetic_leg import write_leg_dataset
     from poi_nnunet.preprocessing.pipeline import plan_and_preprocess
 
@@ -151,6 +152,11 @@ def test_replanning_without_fields_of_view_drops_the_coarse_pass(tmp_path) -> No
                        preprocess=False)
         plan_and_preprocess("624", planner_class=capped_planner(PATCH_ALONG_SCAN), **options)
         assert "3d_coarse" in json.loads(plans_file.read_text())["configurations"]
+        folder = plans_file.parent
+        fov_plans = sorted(p.name for p in folder.glob("poiPlans_fov*.json"))
+        assert fov_plans and "poiPlans_fov1.json" in fov_plans
+        (folder / "poiPlans_fov1_mine.json").write_bytes((folder / "poiPlans_fov1.json").read_bytes())
         plan_and_preprocess("624", **options)  # nnU-Net's own patch: the whole 96-voxel scan
         configurations = json.loads(plans_file.read_text())["configurations"]
         assert "3d_coarse" not in configurations and "fields_of_view" not in configurations["3d_fullres"]["poi"]
+        assert sorted(p.name for p in folder.glob("poiPlans_fov*.json")) == ["poiPlans_fov1_mine.json"]

@@ -78,9 +78,22 @@ def plan_and_preprocess(dataset: PathLike, configurations: Sequence[str] = DEFAU
         produced = _run_staged(ds, staging, stamp, reuse, processes if preprocess else {},
                                num_processes_fingerprint, gpu_memory_target, progress, planner_class, plans_name)
         publish(staging, target, produced)
+    _drop_stale_field_of_view_plans(target, plans_name, produced)
     print(f"Plans: {target / (plans_name + '.json')}")
     print(f"Done: {target}")
     return target
+
+
+def _drop_stale_field_of_view_plans(target: Path, plans_name: str, published: Sequence[str]) -> None:
+    """Remove field-of-view plans (``poiPlans_fov3.json``) that this planning did not write: planned before for
+    scans that needed more fields of view (or any), they would train a model on channels and extents the
+    current plans no longer have. Trained models keep their own copy of the plans in the results folder."""
+    from ..plan import FieldOfView
+
+    for path in sorted(target.glob(f"{plans_name}_*.json")):
+        if path.name not in published and FieldOfView.is_plans_name(path.stem, plans_name):
+            path.unlink()
+            print(f"Removed {path.name}: a field of view of an earlier planning, not of these plans")
 
 
 def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processes: Dict[str, int],
@@ -152,9 +165,9 @@ def _run_staged(ds: RawDataset, staging: Path, stamp: str, reuse: bool, processe
     if processes and not landmark_only:
         _copy_references(ds, staging / "gt_segmentations")
     gt = ["gt_segmentations"] if processes or landmark_only else []  # dataset.json's labels point there
+    field_of_view_plans = [f"{p}.json" for p in getattr(planner, "field_of_view_plans", [])]
     return data_folders + gt + ["dataset_fingerprint.json", "poi_fingerprint.json", CLEANING_REPORT,
-                                "dataset.json", SPLITS_FILE, f"{plans_name}.json"] + [
-                                    f"{p}.json" for p in getattr(planner, "field_of_view_plans", [])]
+                                "dataset.json", SPLITS_FILE, *field_of_view_plans, f"{plans_name}.json"]
 
 
 def _stage_raw_splits(ds: RawDataset, staging: Path, target: Path) -> None:
