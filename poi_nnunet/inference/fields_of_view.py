@@ -37,8 +37,8 @@ from .decoding import FIELD_OF_VIEW_NOT_FOUND, DecodedPoints, DroppedPoint
 from .drop_report import DropSummary
 from .inputs import InputCase
 from .predictor import CasePrediction, PoiPredictor
-from .run import finish_summary
-from .writing import case_is_done, write_case_outputs
+from .run import finish_summary, unfinished_cases
+from .writing import write_case_outputs
 
 
 @dataclass
@@ -96,10 +96,7 @@ def predict_long_scans(models: LongScanModels, cases: Sequence[InputCase], out_d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = coarse.dataset_json["file_ending"]
-    todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, coarse.has_segmentation)]
-    if len(cases) - len(todo):
-        print(f"{len(cases) - len(todo)} case(s) already predicted in {out_dir}; skipping them "
-              "(pass --overwrite to redo)")
+    todo = unfinished_cases(cases, out_dir, ending, coarse.has_segmentation, overwrite=overwrite)
     preprocessor = DefaultPreprocessor(verbose=False)
     summary = DropSummary(models.min_confidence)
     done = []

@@ -72,6 +72,18 @@ def provided_label_files(cases: Sequence[InputCase], labels_dir: PathLike, endin
     return [str(f) for f in files]
 
 
+def unfinished_cases(cases: Sequence[InputCase], out_dir: Path, file_ending: str, with_segmentation: bool,
+                     with_points: bool = True, overwrite: bool = False) -> List[InputCase]:
+    """The cases whose outputs in ``out_dir`` are not all written (every case with ``overwrite``), so that a
+    re-run after an interruption resumes; says how many it skips."""
+    todo = [c for c in cases
+            if overwrite or not case_is_done(out_dir, c.case, file_ending, with_segmentation, with_points)]
+    if len(cases) > len(todo):
+        print(f"{len(cases) - len(todo)} case(s) already predicted in {out_dir}; skipping them "
+              "(pass --overwrite to redo)")
+    return todo
+
+
 def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out_dir: PathLike,
                         overwrite: bool = False, progress: bool = True,
                         labels_dir: Optional[PathLike] = None) -> List[str]:
@@ -86,12 +98,8 @@ def predict_input_cases(predictor: PoiPredictor, cases: Sequence[InputCase], out
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ending = predictor.dataset_json["file_ending"]
-    todo = [c for c in cases if overwrite or not case_is_done(out_dir, c.case, ending, predictor.has_segmentation,
-                                                                 predictor.writes_points)]
+    todo = unfinished_cases(cases, out_dir, ending, predictor.has_segmentation, predictor.writes_points, overwrite)
     labels = provided_label_files(todo, labels_dir, ending) if labels_dir is not None else [None] * len(todo)
-    skipped = len(cases) - len(todo)
-    if skipped:
-        print(f"{skipped} case(s) already predicted in {out_dir}; skipping them (pass --overwrite to redo)")
     preprocessor = DefaultPreprocessor(verbose=False)  # the plans' preprocessor, built directly
     summary = DropSummary(predictor.min_confidence)
     done = []
