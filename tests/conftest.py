@@ -1,9 +1,33 @@
-"""Shared fixtures: every test gets its own nnU-Net folders, so nothing leaks between tests."""
+"""Shared fixtures: every test gets its own nnU-Net folders and the same random state, so nothing leaks between
+tests and none passes or fails by the tests that ran before it."""
 from __future__ import annotations
 
-from pathlib import Path
+import random
 
+import numpy as np
 import pytest
+import torch
+
+SEED = 0
+
+
+def _seed_every_generator() -> None:
+    """Python's, NumPy's global and torch's generators (nnU-Net's augmentation draws from the first two,
+    network initialisation from torch's)."""
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def same_random_state_per_module() -> None:
+    """Before a module's own fixtures (a model trained once for all its tests, say)."""
+    _seed_every_generator()
+
+
+@pytest.fixture(autouse=True)
+def same_random_state_per_test() -> None:
+    _seed_every_generator()
 
 
 @pytest.fixture(autouse=True)
