@@ -19,10 +19,13 @@ def _seed_every_generator() -> None:
     torch.manual_seed(SEED)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def same_random_state_per_module() -> None:
-    """Before a module's own fixtures (a model trained once for all its tests, say)."""
-    _seed_every_generator()
+@pytest.hookimpl(tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef, request: pytest.FixtureRequest) -> None:
+    """Before every module- or session-scoped fixture (a model trained once for all of a module's tests, say):
+    pytest sets one up when the first test that needs it runs, before that test's own autouse fixtures, so it
+    would otherwise start from whatever state the tests before left (and differ under ``-k``)."""
+    if fixturedef.scope != "function":
+        _seed_every_generator()
 
 
 @pytest.fixture(autouse=True)
