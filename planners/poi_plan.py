@@ -408,7 +408,8 @@ def poi_block(fingerprint: Dict[str, Any], configuration: Dict[str, Any], transp
         wanted = {(int(c["structure"]), int(c["poi"])) for c in field_of_view["channels"]}
         channels = [c for c in channels if (c["structure"], c["poi"]) in wanted]
         crop = np.asarray(field_of_view["extent_mm"], float)
-    elif coarse_pass_spacing is not None and long_scan_crop_mm(fingerprint, configuration, transpose_forward) is not None:
+    elif coarse_pass_spacing is not None and \
+            long_scan_crop_mm(fingerprint, configuration, transpose_forward) is not None:
         shapes = _case_shapes(fingerprint, [(c["structure"], c["poi"]) for c in channels], axes, flagged_set)
         pass_spacing = np.asarray(coarse_pass_spacing, float)
         fovs = plan_fields_of_view(shapes, channels, crop, patch * spacing, PEAK_SUPPORT_SIGMAS * sigma + pass_spacing)

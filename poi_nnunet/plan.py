@@ -13,6 +13,7 @@ block and is not part of the typed plan.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -61,8 +62,7 @@ class FieldOfView:
     def is_plans_name(name: str, plans_name: str) -> bool:
         """Whether plans identifier ``name`` is the plans of some field of view of ``plans_name``
         (``poiPlans_fov3`` of ``poiPlans``; not ``poiPlans_fov1_tuned``)."""
-        number = name[len(plans_name) + 1 + len(FIELD_OF_VIEW_PREFIX):]
-        return name.startswith(f"{plans_name}_{FIELD_OF_VIEW_PREFIX}") and number.isdigit()
+        return re.fullmatch(rf"{re.escape(plans_name)}_{FIELD_OF_VIEW_PREFIX}[1-9][0-9]*", name) is not None
 
     @classmethod
     def from_block(cls, block: Mapping[str, Any]) -> "FieldOfView":

@@ -10,6 +10,7 @@ so a failure leaves the previous state (or nothing) behind, never a half.
 """
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 from pathlib import Path
@@ -90,7 +91,7 @@ def _drop_stale_field_of_view_plans(target: Path, plans_name: str, published: Se
     current plans no longer have. Trained models keep their own copy of the plans in the results folder."""
     from ..plan import FieldOfView
 
-    for path in sorted(target.glob(f"{plans_name}_*.json")):
+    for path in sorted(target.glob(f"{glob.escape(plans_name)}_*.json")):
         if path.name not in published and FieldOfView.is_plans_name(path.stem, plans_name):
             path.unlink()
             print(f"Removed {path.name}: a field of view of an earlier planning, not of these plans")

@@ -7,8 +7,9 @@ a server database (``--storage postgresql://user:pw@host/db``), each started wit
 
 Resume: every running trial records a heartbeat in the storage (a thread, every ``heartbeat`` seconds). A
 trial whose heartbeat is older than ``2 x heartbeat`` (by the database's clock; SQLite's counts whole
-seconds, so up to one second more) belongs to a worker that died (killed, machine lost): the next worker to start a trial marks it FAIL and queues its parameters again
-(``RetryHeartbeatStaleTrialCallback``), so a killed worker loses only the training of its running trial.
+seconds, so up to one second more) belongs to a worker that died (killed, machine lost): the next worker
+to start a trial marks it FAIL and queues its parameters again (``RetryHeartbeatStaleTrialCallback``), so a
+killed worker loses only the training of its running trial.
 Re-running the command opens the same study (``load_if_exists``) and runs trials until the study, not this
 worker, has ``--trials`` finished (complete or pruned) trials.
 """
